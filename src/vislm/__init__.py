@@ -1,0 +1,3 @@
+"""vislm: visually-enhanced language modeling."""
+
+__version__ = "0.1.0"
