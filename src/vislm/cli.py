@@ -1,0 +1,110 @@
+"""`vislm ...`: parse the command line, call the library, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from vislm.errors import VislmError
+
+
+def _data_shapes(args) -> None:
+    from vislm.data.shapes import generate_shapes_world
+
+    sizes = {"train": args.train, "val": args.val, "test": args.test, "comp_test": args.comp_test}
+    out = generate_shapes_world(args.out, seed=args.seed, sizes=sizes, image_size=args.image_size)
+    print(f"wrote the shapes world to {out} ({sum(sizes.values())} images)")
+
+
+def _train(args) -> None:
+    from vislm.config import load_config
+    from vislm.tasks.run import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, args.out, resume=args.resume)
+    print(json.dumps(result["metrics"], indent=2))
+
+
+def _demo(args) -> None:
+    from vislm.demo import run_demo
+
+    metrics = run_demo(args.out, quick=args.quick, data_root=args.data)
+    print(json.dumps(metrics, indent=2))
+
+
+def _eval_caption(args) -> None:
+    from vislm.metrics.files import eval_caption_files
+
+    print(json.dumps(eval_caption_files(args.predictions, args.references, meteor=not args.no_meteor), indent=2))
+
+
+def _eval_vqa(args) -> None:
+    from vislm.metrics.files import eval_vqa_files
+
+    print(json.dumps(eval_vqa_files(args.predictions, args.questions, args.annotations), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vislm", description="Visually-enhanced language modeling.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="make or inspect data sets").add_subparsers(dest="data_command", required=True)
+    shapes = data.add_parser("shapes", help="render the embedded synthetic shapes world")
+    shapes.add_argument("--out", required=True, help="output directory")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--train", type=int, default=4000, help="images in the train split")
+    shapes.add_argument("--val", type=int, default=300)
+    shapes.add_argument("--test", type=int, default=500)
+    shapes.add_argument("--comp-test", type=int, default=300, help="images with held-out colour-shape pairs")
+    shapes.add_argument("--image-size", type=int, default=64)
+    shapes.set_defaults(func=_data_shapes)
+
+    train = commands.add_parser("train", help="train and evaluate one config")
+    train.add_argument("config", help="YAML config file")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
+    train.add_argument("--out", required=True, help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.set_defaults(func=_train)
+
+    demo = commands.add_parser("demo", help="train a captioner, a dual encoder and a VQA model on the shapes world")
+    demo.add_argument("--out", required=True, help="output directory")
+    demo.add_argument("--data", default=None, help="shapes world directory (made if missing)")
+    demo.add_argument("--quick", action="store_true", help="the same path at a tiny size, for smoke tests")
+    demo.set_defaults(func=_demo)
+
+    evaluate = commands.add_parser("eval", help="score prediction files").add_subparsers(dest="eval_command", required=True)
+    cap = evaluate.add_parser("caption", help="BLEU, METEOR, ROUGE-L, CIDEr (pycocoevalcap)")
+    cap.add_argument("--predictions", required=True, help='[{"image_id", "caption"}] JSON')
+    cap.add_argument("--references", required=True, help="COCO captions JSON")
+    cap.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the JVM start)")
+    cap.set_defaults(func=_eval_caption)
+    vqa = evaluate.add_parser("vqa", help="official VQAv2 accuracy")
+    vqa.add_argument("--predictions", required=True, help='[{"question_id", "answer"}] JSON')
+    vqa.add_argument("--questions", required=True, help="VQAv2 questions JSON")
+    vqa.add_argument("--annotations", required=True, help="VQAv2 annotations JSON")
+    vqa.set_defaults(func=_eval_vqa)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except VislmError as exc:
+        # A user error: one line, no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename}: file not found", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
