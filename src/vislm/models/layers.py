@@ -1,0 +1,238 @@
+"""Transformer building blocks shared by the vision and text towers.
+
+Reading order: the attention kernel (two interchangeable implementations), masks,
+self- and cross-attention modules, the MLP, the pre-norm block, and weight init.
+
+Shapes: B batch, T query length, S key length, H heads, D head dim, C model dim.
+Masks are boolean and broadcastable to (B, H, T, S): True means "may attend".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vislm.models.positions import apply_rotary
+
+ATTN_IMPLS = ("sdpa", "math")
+
+KV = Tuple[torch.Tensor, torch.Tensor]
+
+
+# -----------------------------------------------------------------------------
+# Attention kernel
+
+def attend(q, k, v, mask=None, causal=False, impl="sdpa", dropout_p=0.0):
+    """softmax(q k^T / sqrt(D) + mask) v for q (B,H,T,D), k and v (B,H,S,D).
+
+    `causal=True` is the kernel's fast path and needs T == S and no other mask; a causal
+    mask with an offset (decoding with a cache) or combined with padding goes in `mask`
+    (see `self_attention_mask`).
+    """
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                              is_causal=causal)
+    if impl != "math":
+        raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+    # The plain path: on CPU its bf16 backward is faster than the fused kernel.
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+    if causal:
+        mask = causal_mask(q.size(-2), k.size(-2), q.device)
+    if mask is not None:
+        # The most negative finite value rather than -inf: a fully masked row then stays
+        # finite (uniform) instead of NaN; partly masked rows are identical to sdpa.
+        att = att.masked_fill(~mask, torch.finfo(att.dtype).min)
+    att = att.softmax(dim=-1)
+    if dropout_p > 0.0:
+        att = F.dropout(att, p=dropout_p)
+    return att @ v
+
+
+# -----------------------------------------------------------------------------
+# Masks
+
+def causal_mask(num_queries: int, num_keys: int, device=None) -> torch.Tensor:
+    """(T, S) mask where query i (the last T of S positions) sees keys 0 .. S - T + i."""
+    offset = num_keys - num_queries
+    keys = torch.arange(num_keys, device=device)
+    queries = torch.arange(num_queries, device=device) + offset
+    return keys[None, :] <= queries[:, None]
+
+
+def padding_mask(attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(B, S) with 1 for real tokens -> (B, 1, 1, S) boolean key mask."""
+    if attention_mask is None:
+        return None
+    return attention_mask.bool()[:, None, None, :]
+
+
+def self_attention_mask(attention_mask, num_queries: int, num_keys: int, causal: bool):
+    """The (mask, causal) pair to pass to `attend` for self-attention.
+
+    Avoids materialising a mask whenever a kernel flag does the same job: no padding
+    and a square causal mask use `causal=True`; a single query at the end of a causal
+    sequence (one decoding step) needs no mask at all.
+    """
+    keys = padding_mask(attention_mask)
+    if not causal:
+        return keys, False
+    if keys is None and num_queries == num_keys:
+        return None, True
+    if keys is None and num_queries == 1:
+        return None, False
+    device = None if keys is None else keys.device
+    mask = causal_mask(num_queries, num_keys, device)[None, None]
+    return (mask if keys is None else mask & keys), False
+
+
+# -----------------------------------------------------------------------------
+# Attention modules
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    B, T, C = x.shape
+    return x.view(B, T, heads, C // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection and an optional KV cache."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, attn_impl: str = "sdpa"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        self.heads = heads
+        self.dropout = dropout
+        self.attn_impl = attn_impl
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x, mask=None, causal=False, rope=None, past: Optional[KV] = None):
+        """Returns (output (B,T,C), (k, v) including `past`), keys already rotated."""
+        q, k, v = self.qkv(x).split(x.size(-1), dim=2)
+        q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
+        if rope is not None:
+            # Rotate before caching, so cached keys never need rotating again.
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        y = attend(q, k, v, mask, causal, self.attn_impl, self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(_merge_heads(y))), (k, v)
+
+
+class CrossAttention(nn.Module):
+    """Queries from x (text), fused keys/values from a context (image tokens)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, attn_impl: str = "sdpa",
+                 context_dim: Optional[int] = None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        self.heads = heads
+        self.dropout = dropout
+        self.attn_impl = attn_impl
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x, context=None, context_mask=None, past: Optional[KV] = None):
+        """Returns (output, (k, v)); with `past` the context is not projected again."""
+        q = _split_heads(self.q(x), self.heads)
+        if past is not None:
+            k, v = past
+        else:
+            if context is None:
+                raise ValueError("cross-attention needs image tokens (or a cache holding them)")
+            k, v = self.kv(context).split(q.size(1) * q.size(-1), dim=2)
+            k, v = _split_heads(k, self.heads), _split_heads(v, self.heads)
+        mask = padding_mask(context_mask)
+        y = attend(q, k, v, mask, False, self.attn_impl, self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(_merge_heads(y))), (k, v)
+
+
+# -----------------------------------------------------------------------------
+# MLP and block
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden)
+        self.proj = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: self-attention, optional cross-attention, MLP.
+
+    The cache of one block is a tuple (k, v, cross_k, cross_v); the cross entries are
+    None without cross-attention.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 attn_impl: str = "sdpa", cross_attention: bool = False,
+                 context_dim: Optional[int] = None):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, dropout, attn_impl)
+        self.ln_cross = nn.LayerNorm(dim) if cross_attention else None
+        self.cross = (CrossAttention(dim, heads, dropout, attn_impl, context_dim)
+                      if cross_attention else None)
+        self.ln_mlp = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(mlp_ratio * dim), dropout)
+
+    def forward(self, x, mask=None, causal=False, rope=None, context=None, context_mask=None,
+                past=None, use_cache=False):
+        """Returns (x, cache or None)."""
+        h, kv = self.attn(self.ln_attn(x), mask, causal, rope, None if past is None else past[:2])
+        x = x + h
+        cross_kv = (None, None)
+        if self.cross is not None:
+            h, cross_kv = self.cross(self.ln_cross(x), context, context_mask,
+                                     None if past is None else past[2:])
+            x = x + h
+        x = x + self.mlp(self.ln_mlp(x))
+        return x, (kv + cross_kv if use_cache else None)
+
+
+# -----------------------------------------------------------------------------
+# Utilities
+
+def set_attn_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch every attention layer of `model` to "sdpa" or "math" (weights unchanged)."""
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+    for module in model.modules():
+        if isinstance(module, (SelfAttention, CrossAttention)):
+            module.attn_impl = impl
+    return model
+
+
+def init_transformer_weights(model: nn.Module, depth: int) -> None:
+    """GPT-2 style init: N(0, 0.02), zero biases, residual projections scaled down by
+    sqrt(2 * depth) so the residual stream's variance does not grow with depth."""
+    for name, p in model.named_parameters():
+        if p.dim() < 2:
+            continue  # biases, LayerNorm, and the like keep their defaults
+        std = 0.02 / math.sqrt(2 * depth) if name.endswith("proj.weight") else 0.02
+        nn.init.normal_(p, mean=0.0, std=std)
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
