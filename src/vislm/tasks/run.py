@@ -70,10 +70,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, task_out: dict
     # evaluation is the final one below, over every eval split.
     first_eval = cfg.data.eval_splits[0]
     evaluate = (lambda m: task.evaluate(m, first_eval)) if cfg.train.eval_every > 0 else None
-    trainer = Trainer(model, task.train_dataset, task.collate, cfg.train, out_dir, evaluate=evaluate)
+    trainer = Trainer(model, task.train_dataset, task.collate, cfg.train, out_dir, evaluate=evaluate,
+                      num_workers=cfg.data.num_workers)
     trainer.fit(resume=resume)
 
-    model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "model") else model
     model.eval()
     metrics = {split: task.evaluate(model, split) for split in cfg.data.eval_splits}
     save_pretrained(model, cfg, tokenizer, out_dir / "model", task.state())

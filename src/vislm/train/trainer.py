@@ -1,0 +1,552 @@
+"""The training loop: AdamW + warm-up/cosine, gradient accumulation, bf16 autocast,
+checkpoints, exact resume, a JSONL log and a progress bar, on top of Hugging Face Accelerate.
+
+    trainer = Trainer(model, train_set, collate, cfg.train, "runs/x", evaluate=eval_fn,
+                      metric_for_best="test.cider")
+    metrics = trainer.fit(resume=True)   # continues from runs/x/checkpoints/ if any
+
+Words used below:
+- micro-batch: `cfg.batch_size` examples, one forward/backward;
+- step: one optimizer update = `cfg.grad_accum_steps` micro-batches (on each process).
+  `global_step`, `max_steps`, `warmup_steps`, `log_every` and `save_every_steps` count steps.
+
+Exact resume: the data order of an epoch is a pure function of (seed, epoch), so a run that
+restarts from a checkpoint (model, optimizer, scheduler, RNG states, position in the epoch)
+computes the same batches and dropout masks as a run that never stopped, bit for bit, on a
+single process. Examples that do not fill a whole step at the end of an epoch are dropped.
+
+Log lines in `out_dir/log.jsonl` ("epoch" is fractional: epochs completed so far, "time" is
+training seconds, excluding evaluation and checkpointing, summed over resumed runs):
+    {"step", "epoch", "loss", "<name>_loss"..., "lr", "grad_norm", "samples_per_s", "time"}
+    {"step", "epoch", "eval": {...}}
+    {"step", "epoch", "skipped": "<why>", "time"}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import send_to_device, set_seed
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from vislm.config import TrainConfig
+from vislm.errors import ConfigError
+from vislm.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
+from vislm.train.optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+Evaluate = Callable[[torch.nn.Module], Mapping[str, Any]]
+
+
+class Trainer:
+    # Non-finite steps in a row before training stops: one bad batch is noise, ten mean
+    # the run has diverged and further steps only waste time.
+    max_bad_steps = 10
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train_dataset: Any,
+        collate_fn: Callable | None,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        evaluate: Evaluate | None = None,
+        metric_for_best: str | None = None,
+        accelerator: Accelerator | None = None,
+        *,
+        greater_is_better: bool | None = None,
+        num_workers: int = 0,
+    ):
+        """`metric_for_best` is a (dotted, for nested results) key of what `evaluate` returns;
+        `greater_is_better` defaults to False for losses, perplexities and errors (see
+        `_LOWER_IS_BETTER`) and True otherwise."""
+        _check_config(cfg)
+        if metric_for_best and evaluate is None:
+            raise ConfigError(f"metric_for_best '{metric_for_best}' needs an evaluate function")
+        self.model = model
+        self.train_dataset = train_dataset
+        self.collate_fn = collate_fn
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.evaluate = evaluate
+        self.metric_for_best = metric_for_best
+        if greater_is_better is None:
+            greater_is_better = not _lower_is_better(metric_for_best)
+        self.greater_is_better = greater_is_better
+        self.num_workers = num_workers
+        self._owns_accelerator = accelerator is None
+        self.accelerator = accelerator if accelerator is not None else make_accelerator(cfg)
+        _check_accelerator(self.accelerator, cfg)
+
+        per_step = cfg.batch_size * cfg.grad_accum_steps * self.accelerator.num_processes
+        self.steps_per_epoch = len(train_dataset) // per_step
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"train.batch_size={cfg.batch_size} x train.grad_accum_steps={cfg.grad_accum_steps} "
+                f"x {self.accelerator.num_processes} processes needs more than the "
+                f"{len(train_dataset)} training examples"
+            )
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps > 0:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+        self._reset_progress()
+
+    def _reset_progress(self) -> None:
+        """Progress, saved in checkpoints and restored on resume."""
+        self.global_step = 0
+        self.epoch = 0  # index of the epoch in progress
+        self.step_in_epoch = 0  # steps done in that epoch
+        self.best_metric: float | None = None
+        self.last_metrics: dict = {}
+        self.train_seconds = 0.0
+        self.samples_seen = 0
+        self.samples_per_s = 0.0
+
+    # -----------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        """Train to the end; return the last evaluation's metrics ({} without `evaluate`).
+
+        `resume=True` continues from the newest checkpoint in `out_dir` (and starts from
+        scratch if there is none). `resume=False` starts over: old checkpoints and log in
+        `out_dir` are removed, since a later resume must not mix two runs.
+        """
+        cfg = self.cfg
+        if self._owns_accelerator and not _accelerator_fits(self.accelerator, cfg):
+            # Accelerate's settings are shared by every Accelerator of the process, so another
+            # Trainer created since ours (say a bf16 one) changed them: build ours again.
+            self.accelerator = make_accelerator(cfg)
+        acc = self.accelerator
+        _check_accelerator(acc, cfg)
+        self._reset_progress()
+        checkpoint = latest_checkpoint(self.out_dir) if resume else None
+        if acc.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                self._clear_previous_run()
+        acc.wait_for_everyone()
+
+        set_seed(cfg.seed)
+        optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas)
+        scheduler = build_scheduler(optimizer, cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio)
+        # The scheduler is stepped by hand once per step, so Accelerate does not wrap it.
+        model, optimizer = acc.prepare(self.model, optimizer)
+        if checkpoint is not None:
+            self._resume(checkpoint, model, optimizer, scheduler)
+        elif resume:
+            logger.info("no checkpoint in %s: starting from scratch", self.out_dir / CHECKPOINTS)
+
+        self._log_file = None
+        if acc.is_main_process:
+            self._log_file = open(self.out_dir / "log.jsonl", "a", encoding="utf-8")
+        self._bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (cfg.progress and acc.is_main_process),
+        )
+        self._bad_in_a_row = 0
+        self._reset_interval()
+        try:
+            self._train(model, optimizer, scheduler)
+        finally:
+            self._bar.close()
+            if self._log_file is not None:
+                self._log_file.close()
+            # Give the caller back a plain module (Accelerate patched forward for autocast).
+            acc.unwrap_model(model, keep_fp32_wrapper=False)
+        self.samples_per_s = self.samples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+        return self.last_metrics
+
+    def _train(self, model, optimizer, scheduler) -> None:
+        while self.global_step < self.total_steps:
+            self._train_epoch(model, optimizer, scheduler)
+            epoch_done = self.step_in_epoch == self.steps_per_epoch
+            if epoch_done:
+                self.epoch += 1
+                self.step_in_epoch = 0
+            finished = self.global_step >= self.total_steps
+            every = self.cfg.eval_every
+            due = finished or (epoch_done and every > 0 and self.epoch % every == 0)
+            metric = self._evaluate(model) if (self.evaluate is not None and due) else None
+            self._save(model, optimizer, scheduler, metric)
+
+    # -----------------------------------------------------------------------------------
+    def _train_epoch(self, model, optimizer, scheduler) -> None:
+        """Run the rest of the current epoch, or until `total_steps`."""
+        acc, cfg = self.accelerator, self.cfg
+        accum = cfg.grad_accum_steps
+        batches = epoch_batches(
+            len(self.train_dataset), cfg.batch_size, accum, cfg.seed, self.epoch,
+            acc.process_index, acc.num_processes,
+        )  # fmt: skip
+        loader = DataLoader(
+            self.train_dataset,
+            # Skipping at the index level: a resumed epoch does not load the skipped examples.
+            batch_sampler=batches[self.step_in_epoch * accum :],
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            pin_memory=acc.device.type == "cuda",
+            # Without its own generator, iterating a DataLoader draws a worker seed from the
+            # global torch RNG, which would shift the dropout masks of a resumed run.
+            generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, self.epoch)),
+        )
+        model.train()
+        terms: dict[str, float] = {}
+        bad = False
+        self._tick = time.perf_counter()
+        for index, batch in enumerate(loader):
+            last = index % accum == accum - 1
+            # Gradients are synchronised across processes on the last micro-batch only.
+            with nullcontext() if last else acc.no_sync(model):
+                values = self._micro_step(model, send_to_device(batch, acc.device))
+            bad = bad or not math.isfinite(values["loss"])
+            for name, value in values.items():
+                terms[name] = terms.get(name, 0.0) + value / accum
+            if not last:
+                continue
+            self._optimizer_step(model, optimizer, scheduler, terms, bad)
+            terms, bad = {}, False
+            if self.global_step >= self.total_steps:
+                break
+            every = cfg.save_every_steps
+            if every > 0 and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self._save(model, optimizer, scheduler, None)
+                self._tick = time.perf_counter()
+
+    def _micro_step(self, model, batch) -> dict[str, float]:
+        """Forward and backward one micro-batch; return its scalar loss terms."""
+        out = model(batch)
+        if not isinstance(out, Mapping) or "loss" not in out:
+            got = sorted(out) if isinstance(out, Mapping) else type(out).__name__
+            raise TypeError(f"model(batch) must return a dict with a 'loss' entry, got {got}")
+        # Always backward, even a NaN loss: on several processes every one must take part in
+        # the gradient all-reduce; the bad gradients are discarded in _optimizer_step.
+        self.accelerator.backward(out["loss"])
+        return {name: _scalar(value) for name, value in out.items() if _is_loss_term(name, value)}
+
+    def _optimizer_step(self, model, optimizer, scheduler, terms: dict[str, float], bad_loss: bool):
+        acc, cfg = self.accelerator, self.cfg
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = float(acc.clip_grad_norm_(model.parameters(), max_norm))
+        # All processes must agree to skip, or their weights would drift apart.
+        flags = torch.tensor([float(bad_loss or not math.isfinite(grad_norm))], device=acc.device)
+        skip = bool(acc.reduce(flags, reduction="sum").item() > 0)
+        lr = optimizer.param_groups[0]["lr"]
+        if not skip:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        # The schedule follows the position in training, skipped steps included, so the
+        # learning-rate curve does not depend on how many steps were skipped.
+        scheduler.step()
+        self.global_step += 1
+        self.step_in_epoch += 1
+        self._bar.update(1)
+
+        now = time.perf_counter()
+        seconds, self._tick = now - self._tick, now
+        samples = cfg.batch_size * cfg.grad_accum_steps * acc.num_processes
+        self.train_seconds += seconds
+        self.samples_seen += samples
+        self._interval["seconds"] += seconds
+        self._interval["samples"] += samples
+
+        if skip:
+            self._record_bad_step("non-finite loss" if bad_loss else "non-finite gradient norm")
+        else:
+            self._bad_in_a_row = 0
+            self._interval["steps"] += 1
+            for name, value in {**terms, "grad_norm": grad_norm}.items():
+                self._interval["sums"][name] = self._interval["sums"].get(name, 0.0) + value
+        self._interval["lr"] = lr  # the rate of the latest step, not a mean
+        if self.global_step % cfg.log_every == 0 or self.global_step == self.total_steps:
+            self._log_interval()
+
+    def _record_bad_step(self, reason: str) -> None:
+        self._bad_in_a_row += 1
+        logger.warning("step %d skipped: %s", self.global_step, reason)
+        self._write_log(
+            {"step": self.global_step, "epoch": self._epoch_float(), "skipped": reason,
+             "time": round(self.train_seconds, 3)}
+        )  # fmt: skip
+        if self._bad_in_a_row >= self.max_bad_steps:
+            first = self.global_step - self._bad_in_a_row + 1
+            raise FloatingPointError(
+                f"training stopped: steps {first}-{self.global_step} all had a non-finite loss or gradient; "
+                "lower train.lr, check the data, or try train.precision=fp32"
+            )
+
+    # -----------------------------------------------------------------------------------
+    def _reset_interval(self) -> None:
+        self._interval: dict[str, Any] = {"steps": 0, "samples": 0, "seconds": 0.0, "sums": {}, "lr": 0.0}
+
+    def _log_interval(self) -> None:
+        """Write the means over the steps since the last log line."""
+        interval = self._interval
+        self._reset_interval()
+        if interval["steps"] == 0:  # every step of the interval was skipped
+            return
+        means = {name: total / interval["steps"] for name, total in interval["sums"].items()}
+        samples_per_s = interval["samples"] / interval["seconds"] if interval["seconds"] > 0 else 0.0
+        record = {"step": self.global_step, "epoch": self._epoch_float(), **means, "lr": interval["lr"]}
+        record.update(samples_per_s=round(samples_per_s, 2), time=round(self.train_seconds, 3))
+        self._write_log(record)
+        postfix = {"loss": f"{means['loss']:.4f}", "samples_s": f"{samples_per_s:.0f}"}
+        self._bar.set_postfix(postfix, refresh=False)
+
+    def _write_log(self, record: dict) -> None:
+        if self._log_file is None:
+            return
+        self._log_file.write(json.dumps(record) + "\n")
+        self._log_file.flush()  # a crash must not lose the lines before it
+
+    def _epoch_float(self) -> float:
+        return round(self.epoch + self.step_in_epoch / self.steps_per_epoch, 4)
+
+    # -----------------------------------------------------------------------------------
+    def _evaluate(self, model) -> float | None:
+        """Run the caller's evaluation on every process; return the metric for best, if any."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped.eval()
+        with torch.no_grad():
+            metrics = self.evaluate(unwrapped)
+        unwrapped.train()
+        if not isinstance(metrics, Mapping):
+            kind = type(metrics).__name__
+            raise TypeError(f"evaluate(model) must return a dict of metrics, got {kind}")
+        self.last_metrics = _plain(metrics)
+        self._write_log({"step": self.global_step, "epoch": self._epoch_float(), "eval": self.last_metrics})
+        logger.info("step %d eval: %s", self.global_step, self.last_metrics)
+        if not self.metric_for_best:
+            return None
+        metric = _lookup(self.last_metrics, self.metric_for_best)
+        best = self.best_metric
+        if best is None or (metric > best if self.greater_is_better else metric < best):
+            self.best_metric = metric
+        return metric
+
+    def _save(self, model, optimizer, scheduler, metric: float | None) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            state = {
+                "epoch": self.epoch,
+                "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step,
+                "best_metric": self.best_metric,
+                "last_eval": self.last_metrics,
+                "train_seconds": self.train_seconds,
+                "samples_seen": self.samples_seen,
+                # What a resume must match for step_in_epoch to mean the same examples.
+                "batch_size": self.cfg.batch_size,
+                "grad_accum_steps": self.cfg.grad_accum_steps,
+                "num_processes": acc.num_processes,
+                "dataset_size": len(self.train_dataset),
+            }
+            save_checkpoint(
+                self.out_dir,
+                acc.unwrap_model(model),
+                optimizer,
+                scheduler,
+                state,
+                keep_last=self.cfg.keep_last,
+                metric=metric,
+                greater_is_better=self.greater_is_better,
+            )
+        acc.wait_for_everyone()
+
+    def _resume(self, checkpoint: Path, model, optimizer, scheduler) -> None:
+        acc = self.accelerator
+        unwrapped = acc.unwrap_model(model)
+        state = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler, device=acc.device)
+        current = {
+            "train.batch_size": (state.get("batch_size"), self.cfg.batch_size),
+            "train.grad_accum_steps": (state.get("grad_accum_steps"), self.cfg.grad_accum_steps),
+            "number of processes": (state.get("num_processes"), acc.num_processes),
+            "training set size": (state.get("dataset_size"), len(self.train_dataset)),
+        }
+        for name, (saved, now) in current.items():
+            if saved != now:
+                raise ConfigError(
+                    f"cannot resume from {checkpoint}: it was saved with {name}={saved}, this run has {now}"
+                )
+        self.global_step = state["global_step"]
+        self.epoch = state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.best_metric = state.get("best_metric")
+        self.last_metrics = state.get("last_eval") or {}
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.samples_seen = int(state.get("samples_seen", 0))
+        logger.info("resumed from %s (step %d)", checkpoint, self.global_step)
+
+    def _clear_previous_run(self) -> None:
+        old = self.out_dir / CHECKPOINTS
+        if old.exists():
+            logger.warning("fresh run: removing the previous run's checkpoints in %s", old)
+            shutil.rmtree(old)
+        (self.out_dir / "log.jsonl").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Data order
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1000 + epoch
+
+
+def epoch_batches(
+    dataset_size: int,
+    batch_size: int,
+    accum: int,
+    seed: int,
+    epoch: int,
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> list[list[int]]:
+    """This process's micro-batches (lists of example indices) for one epoch.
+
+    A permutation seeded by (seed, epoch) is cut into global micro-batches of
+    `batch_size * num_processes` examples; process p takes the p-th slice of each. The tail
+    that does not fill a whole step (`accum` micro-batches) is dropped, so every step has
+    the same size and accumulating 2 x b examples equals one batch of 2b.
+    """
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    order = torch.randperm(dataset_size, generator=generator).tolist()
+    global_batch = batch_size * num_processes
+    micro_batches = (dataset_size // (global_batch * accum)) * accum
+    start = process_index * batch_size
+    return [
+        order[i * global_batch + start : i * global_batch + start + batch_size] for i in range(micro_batches)
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Accelerator and config checks
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator for `cfg`: CPU when no CUDA device, bf16 autocast when asked."""
+    kwargs = dict(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=_mixed_precision(cfg),
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+    )
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as err:
+        # Accelerate keeps one precision per process and refuses a second Accelerator with
+        # another one; a single process that compares fp32 with bf16 runs (tests, benchmark
+        # sweeps) needs both, so start its state over. Never done in a distributed launch.
+        if "already been initialized" not in str(err) or PartialState().use_distributed:
+            raise
+        AcceleratorState._reset_state()
+        return Accelerator(**kwargs)
+
+
+def _accelerator_fits(acc: Accelerator, cfg: TrainConfig) -> bool:
+    same_precision = acc.mixed_precision == _mixed_precision(cfg)
+    return same_precision and acc.gradient_accumulation_steps == cfg.grad_accum_steps
+
+
+def _mixed_precision(cfg: TrainConfig) -> str:
+    return "bf16" if cfg.precision == "bf16" else "no"
+
+
+def _check_accelerator(acc: Accelerator, cfg: TrainConfig) -> None:
+    if acc.mixed_precision != _mixed_precision(cfg):
+        raise ConfigError(
+            f"train.precision={cfg.precision} but the accelerator uses mixed_precision={acc.mixed_precision}"
+        )
+    if acc.gradient_accumulation_steps != cfg.grad_accum_steps:
+        raise ConfigError(
+            f"train.grad_accum_steps={cfg.grad_accum_steps} but the accelerator accumulates "
+            f"{acc.gradient_accumulation_steps} steps"
+        )
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    minimums = {
+        "epochs": 1, "batch_size": 1, "grad_accum_steps": 1, "log_every": 1,
+        "max_steps": 0, "warmup_steps": 0, "eval_every": 0, "save_every_steps": 0,
+    }  # fmt: skip
+    for name, low in minimums.items():
+        if getattr(cfg, name) < low:
+            raise ConfigError(f"train.{name} must be >= {low}, got {getattr(cfg, name)}")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"train.precision must be fp32 or bf16, got {cfg.precision!r}")
+    if len(cfg.betas) != 2:
+        raise ConfigError(f"train.betas must hold 2 numbers, got {cfg.betas}")
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+
+
+# ---------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _is_loss_term(name: str, value: Any) -> bool:
+    """"loss" and "*_loss" scalars are logged; logits and other tensors are not."""
+    if name != "loss" and not name.endswith("_loss"):
+        return False
+    return isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+
+
+def _scalar(value: Any) -> float:
+    return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _plain(metrics: Mapping) -> dict:
+    """Metrics as JSON-ready numbers (tensors and numpy scalars become floats)."""
+    out = {}
+    for name, value in metrics.items():
+        if isinstance(value, Mapping):
+            out[str(name)] = _plain(value)
+        elif hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+            out[str(name)] = value.item()
+        else:
+            out[str(name)] = value
+    return out
+
+
+def _lookup(metrics: dict, dotted: str) -> float:
+    node: Any = metrics
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        raise ConfigError(
+            f"metric_for_best '{dotted}' is not a number in the evaluation results: {_keys(metrics)}"
+        )
+    return float(node)
+
+
+def _keys(metrics: dict, prefix: str = "") -> str:
+    names = []
+    for name, value in metrics.items():
+        dotted = f"{prefix}{name}"
+        names.append(_keys(value, dotted + ".") if isinstance(value, dict) else dotted)
+    return ", ".join(names)
+
+
+_LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "error", "mse", "mae", "rmse", "wer", "cer")
+
+
+def _lower_is_better(name: str | None) -> bool:
+    """Guess the direction from the metric name: "val.loss", "ppl", "test.caption_mse"."""
+    if not name:
+        return False
+    leaf = name.rsplit(".", 1)[-1].lower()
+    return leaf.endswith("loss") or any(leaf == w or leaf.endswith("_" + w) for w in _LOWER_IS_BETTER)
