@@ -1,0 +1,130 @@
+"""The command line end to end on a tiny shapes world, as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vislm
+from vislm.cli import main
+from vislm.data.shapes import generate_shapes_world
+
+QUICK = ["train.epochs=1", "train.max_steps=3", "train.batch_size=8", "train.warmup_steps=1",
+         "eval.max_new_tokens=8", "eval.meteor=false", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    return generate_shapes_world(root, seed=3, sizes={"train": 24, "val": 4, "test": 8, "comp_test": 6})
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vislm.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("preset", ["demo_caption", "demo_retrieval", "demo_vqa"])
+def test_train_writes_run_directory_and_reloads(world, tmp_path, preset):
+    out = tmp_path / preset
+    assert main(["train", f"configs/{preset}.yaml", f"data.root={world}", *QUICK, "--out", str(out)]) == 0
+    for name in ("config.yaml", "log.jsonl", "metrics.json", "model/model.safetensors", "model/config.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"test", "comp_test"}
+    loaded = vislm.load(out / "model")
+    again = vislm.load(out / "model")
+    batch = torch.randn(2, 3, 64, 64)
+    if preset == "demo_caption":
+        a = loaded.model.generate(batch, max_new_tokens=5, bos_id=loaded.tokenizer.bos_id, eos_id=loaded.tokenizer.eos_id)
+        b = again.model.generate(batch, max_new_tokens=5, bos_id=again.tokenizer.bos_id, eos_id=again.tokenizer.eos_id)
+        assert torch.equal(a, b)
+    elif preset == "demo_retrieval":
+        assert torch.equal(loaded.model.encode_image(batch), again.model.encode_image(batch))
+    else:
+        assert loaded.state["answers"] and len(loaded.state["answers"]) == loaded.model.predict(
+            batch, *loaded.tokenizer(["how many shapes are there?"] * 2, 24)).shape[1]
+
+
+def test_resume_continues_from_checkpoint(world, tmp_path):
+    out = tmp_path / "resume"
+    args = ["train", "configs/demo_vqa.yaml", f"data.root={world}", "eval.meteor=false", "train.progress=false",
+            "train.batch_size=8", "train.epochs=1", "--out", str(out)]
+    assert main(args) == 0
+    first = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert main(args[:-2] + ["train.epochs=2", "--out", str(out), "--resume"]) == 0
+    steps = [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert max(steps) > max(r["step"] for r in first if "loss" in r)
+
+
+def test_unknown_config_key_is_one_line_error(world, tmp_path):
+    result = run_cli("train", "configs/demo_vqa.yaml", "train.epochz=3", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2
+    assert "train.epochz" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_wrong_type_names_key(tmp_path):
+    result = run_cli("train", "configs/demo_vqa.yaml", "train.batch_size=big", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "train.batch_size" in result.stderr
+
+
+def test_missing_data_root_says_how_to_make_it(tmp_path):
+    result = run_cli("train", "configs/demo_vqa.yaml", f"data.root={tmp_path / 'none'}", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "vislm data shapes" in result.stderr
+
+
+def test_missing_image_file_names_it(world, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world, broken)
+    victim = sorted((broken / "images" / "train").iterdir())[0]
+    victim.unlink()
+    result = run_cli("train", "configs/demo_vqa.yaml", f"data.root={broken}", *QUICK, "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and victim.name in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_malformed_json_and_empty_caption_name_the_file(world, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world, broken)
+    captions = broken / "annotations" / "captions_train.json"
+    data = json.loads(captions.read_text())
+    data["annotations"][0]["caption"] = "   "
+    captions.write_text(json.dumps(data))
+    result = run_cli("train", "configs/demo_vqa.yaml", f"data.root={broken}", *QUICK, "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "captions_train.json" in result.stderr and "caption" in result.stderr
+    captions.write_text("{ broken")
+    result = run_cli("train", "configs/demo_vqa.yaml", f"data.root={broken}", *QUICK, "--out", str(tmp_path / "y"))
+    assert result.returncode == 2 and "captions_train.json" in result.stderr
+
+
+def test_unreadable_image_names_it(world, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(world, broken)
+    victim = sorted((broken / "images" / "train").iterdir())[1]
+    victim.write_bytes(b"not a png at all")
+    result = run_cli("train", "configs/demo_vqa.yaml", f"data.root={broken}", *QUICK, "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and victim.name in result.stderr and "decode" in result.stderr
+
+
+def test_quick_demo_writes_metrics_and_report(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--quick"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "faithfulness"} <= set(metrics["caption"])
+    assert {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"} <= set(metrics["retrieval"])
+    assert "accuracy" in metrics["vqa"]
+    assert set(metrics["comp_test"]) == {"caption", "retrieval", "vqa"}
+    for group in ("caption", "retrieval", "vqa"):
+        for key, value in metrics[group].items():
+            if value is not None and key != "CIDEr" and "rank" not in key and key not in ("rsum", "mean_R"):
+                assert 0.0 <= value <= 1.0, (group, key, value)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Captioning" in report and "samples/" in report
+    assert any(Path(tmp_path, "samples").iterdir())
