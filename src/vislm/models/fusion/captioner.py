@@ -1,5 +1,6 @@
 """Image captioner: image tokens feed the cross-attention of a causal text decoder,
-trained with next-token prediction and decoded greedily with a KV cache."""
+trained with next-token prediction and decoded with a KV cache (greedy, beam search or
+sampling)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from vislm.errors import ConfigError
-from vislm.generation import greedy_decode
+from vislm.generation import decode
 from vislm.models.fusion.common import build_towers, projection
 from vislm.objectives.lm import lm_loss
 from vislm.registry import FUSIONS, TEXT_MODELS, VISION_ENCODERS
@@ -37,13 +38,49 @@ class Captioner(nn.Module):
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, max_new_tokens: int, bos_id: int, eos_id: int,
                  pad_id: Optional[int] = None, use_cache: bool = True,
-                 return_logits: bool = False):
-        """Greedy captions (B, S <= max_new_tokens), BOS excluded, EOS kept, pad after.
+                 return_logits: bool = False, *, num_beams: int = 1,
+                 length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                 do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, generator: Optional[torch.Generator] = None):
+        """Captions (B, S <= max_new_tokens), BOS excluded, EOS kept, pad after.
 
-        S is also capped at the decoder's max_len: it never saw longer captions.
-        Runs in whatever mode the model is in; call .eval() first.
+        Greedy by default; num_beams > 1 (or no_repeat_ngram_size > 0) runs beam search,
+        do_sample=True samples (see vislm.generation for the options). return_logits is
+        greedy only. S is also capped at the decoder's max_len: it never saw longer
+        captions. Runs in whatever mode the model is in; call .eval() first.
         """
+        if do_sample and (num_beams > 1 or no_repeat_ngram_size > 0):
+            raise ValueError("do_sample cannot be combined with num_beams > 1 or "
+                             "no_repeat_ngram_size: beam sampling is not implemented")
         tokens = self.image_tokens(pixel_values)
+        options = dict(max_new_tokens=min(max_new_tokens, self.text.max_len), eos_id=eos_id,
+                       pad_id=self.text.pad_id if pad_id is None else pad_id,
+                       use_cache=use_cache)
+        if do_sample:
+            strategy = "sample"
+            options.update(temperature=temperature, top_k=top_k, top_p=top_p,
+                           generator=generator)
+        elif num_beams > 1 or no_repeat_ngram_size > 0:
+            strategy = "beam"
+            # Beam search runs B * num_beams rows, beam j of image b at row b*num_beams + j,
+            # so every beam gets its image's tokens (the cross-attention cache then holds
+            # each image's keys/values num_beams times).
+            tokens = tokens.repeat_interleave(num_beams, dim=0)
+
+            def reorder(past, beam_idx):
+                # Beams never move to another image and all beams of an image hold the same
+                # image keys/values: only the self-attention cache needs reordering.
+                return tuple((k.index_select(0, beam_idx), v.index_select(0, beam_idx), ck, cv)
+                             for k, v, ck, cv in past)
+
+            options.update(num_beams=num_beams, length_penalty=length_penalty,
+                           no_repeat_ngram_size=no_repeat_ngram_size, reorder_past=reorder)
+        else:
+            strategy = "greedy"
+            options.update(return_logits=return_logits)
+        if return_logits and strategy != "greedy":
+            raise ValueError(f"return_logits is only supported by greedy decoding, "
+                             f"not {strategy}")
 
         def step(input_ids, past, use_cache):
             # With a cache, cross-attention reuses the image keys/values it holds.
@@ -51,9 +88,7 @@ class Captioner(nn.Module):
 
         prompt = torch.full((pixel_values.size(0), 1), bos_id, dtype=torch.long,
                             device=pixel_values.device)
-        return greedy_decode(step, prompt, min(max_new_tokens, self.text.max_len), eos_id,
-                             self.text.pad_id if pad_id is None else pad_id, use_cache,
-                             return_logits)
+        return decode(step, prompt, strategy, **options)
 
 
 @FUSIONS.register("captioner", tiny={
