@@ -35,6 +35,13 @@ def _demo(args) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _compare(args) -> None:
+    from vislm.analysis.compare import load_compare_config, run_compare
+
+    rows = run_compare(load_compare_config(args.config, args.overrides), args.out)
+    print(f"wrote {args.out}/compare.json and {args.out}/compare.md ({len(rows)} strategies)")
+
+
 def _eval_caption(args) -> None:
     from vislm.metrics.files import eval_caption_files
 
@@ -62,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--comp-test", type=int, default=300, help="images with held-out colour-shape pairs")
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.set_defaults(func=_data_shapes)
+    from vislm.cli_data import add_data_commands  # convert, stats
+
+    add_data_commands(data)
 
     train = commands.add_parser("train", help="train and evaluate one config")
     train.add_argument("config", help="YAML config file")
@@ -75,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", default=None, help="shapes world directory (made if missing)")
     demo.add_argument("--quick", action="store_true", help="the same path at a tiny size, for smoke tests")
     demo.set_defaults(func=_demo)
+
+    compare = commands.add_parser("compare", help="train fusion strategies on identical data, budget and seeds")
+    compare.add_argument("config", help="compare YAML (base config, seeds, strategies)")
+    compare.add_argument("overrides", nargs="*", help="dotted overrides, e.g. base.train.max_steps=100")
+    compare.add_argument("--out", required=True, help="output directory")
+    compare.set_defaults(func=_compare)
 
     evaluate = commands.add_parser("eval", help="score prediction files").add_subparsers(dest="eval_command", required=True)
     cap = evaluate.add_parser("caption", help="BLEU, METEOR, ROUGE-L, CIDEr (pycocoevalcap)")

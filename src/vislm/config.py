@@ -36,6 +36,14 @@ class DataConfig:
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["test"])
     limit: int = 0  # 0 = all records; >0 keeps the first N (smoke tests)
+    # Where a reader finds its files (each data set's defaults: vislm/tasks/data.py). Relative
+    # paths are under root; "{split}" is replaced by the split name; "" = the default.
+    annotations: str = ""  # annotation file, or shard folder (webdataset)
+    questions: str = ""  # VQAv2 questions file
+    images: str = ""  # image folder; VQAv2: a file pattern with {image_id}
+    columns: dict[str, str] = field(default_factory=dict)  # CSV/JSONL renames, e.g. {caption: text}
+    val_holdout: int = 0  # >0: "val" = this many train images (chosen with split_seed), removed from "train"
+    split_seed: int = 0
 
 
 @dataclass
@@ -81,6 +89,7 @@ class EvalConfig:
     batch_size: int = 128
     max_new_tokens: int = 32
     num_beams: int = 1
+    length_penalty: float = 1.0
     meteor: bool = True              # METEOR starts a JVM (about 12 s); off for quick runs
 
 

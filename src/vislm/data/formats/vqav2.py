@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from vislm.data.formats.coco import get_field, read_json_object, record_at, top_level_list
+from vislm.data.formats._json import get_field, read_json_object, record_at, top_level_list
 from vislm.errors import DataError
 
 ImagePathFor = Callable[[int], Path] | Mapping[int, Path]
