@@ -3,10 +3,14 @@ Transferable Visual Models From Natural Language Supervision")."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+
+from vislm.registry import OBJECTIVES
 
 
 def itc_targets(image_ids: torch.Tensor) -> torch.Tensor:
@@ -31,3 +35,70 @@ def itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale,
         # The "same image" relation is symmetric, so one target matrix serves both ways.
         targets = itc_targets(image_ids.to(logits.device)).to(logits.dtype)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+# -----------------------------------------------------------------------------
+# Across processes, as OpenCLIP (Ilharco et al. 2021) does it: `gather_features` with
+# gather_with_grad=True, then `local_loss`. Every rank needs the same local batch size
+# (drop the last, smaller batch), or the all_gather fails.
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on each of R ranks -> (R * B, ...), rank order, on every rank.
+
+    Autograd-aware: the backward of this all_gather sends each rank's gradient for every
+    shard back to the shard's owner and sums it there, so the local rows learn from the
+    loss terms of all ranks. Every rank must pass the same B. Identity when not distributed.
+    """
+    if not _distributed():
+        return t
+    from torch.distributed.nn.functional import all_gather  # only where distributed exists
+
+    return torch.cat(all_gather(t), dim=0)
+
+
+def _gather_no_grad(t: torch.Tensor) -> torch.Tensor:
+    shards = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(shards, t.contiguous())
+    return torch.cat(shards, dim=0)
+
+
+def distributed_itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale,
+                         image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ITC of this rank's rows against the columns of every rank (OpenCLIP's local_loss).
+
+    Each rank scores its B images against all R * B texts and its B texts against all
+    images, so the global (R B) x (R B) logit matrix is never built on one rank. The mean
+    of this loss over ranks equals `itc_loss` over the global batch; under DDP, which
+    averages gradients over ranks, training is therefore that of the global batch. Not
+    distributed (or one rank): exactly `itc_loss`.
+    """
+    if not _distributed():
+        return itc_loss(image_emb, text_emb, logit_scale, image_ids)
+    all_image, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)
+    image_to_text = logit_scale * image_emb @ all_text.t()  # (B local, R B global)
+    text_to_image = logit_scale * text_emb @ all_image.t()
+    B = image_emb.size(0)
+    if image_ids is None:
+        # The positive of local row i is global column rank * B + i.
+        targets = torch.arange(B, device=image_emb.device) + dist.get_rank() * B
+    else:
+        image_ids = image_ids.to(image_emb.device)
+        same = (image_ids[:, None] == _gather_no_grad(image_ids)[None, :]).to(image_to_text.dtype)
+        targets = same / same.sum(dim=1, keepdim=True)  # the local rows of itc_targets
+    return 0.5 * (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets))
+
+
+@OBJECTIVES.register("itc")
+def itc(**kwargs):
+    """The loss function `itc_loss(image_emb, text_emb, logit_scale, image_ids)`."""
+    return partial(itc_loss, **kwargs)
+
+
+@OBJECTIVES.register("itc_distributed")
+def itc_distributed(**kwargs):
+    """`distributed_itc_loss`, same arguments as `itc_loss`."""
+    return partial(distributed_itc_loss, **kwargs)

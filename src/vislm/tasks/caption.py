@@ -20,6 +20,7 @@ class CaptionTask(Task):
         super().__init__(cfg, tokenizer, splits)
         self.collate = CaptionCollator(tokenizer, cfg.data.max_text_len)
         self.train_dataset = CaptionPairs(splits[cfg.data.train_split].captions, self.transform, self.cache)
+        self.preload(r.image_path for r in splits[cfg.data.train_split].captions)
 
     def decoding_options(self) -> dict:
         beams = self.cfg.eval.num_beams

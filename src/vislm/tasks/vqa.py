@@ -23,6 +23,8 @@ class VQATask(Task):
         self.vocabulary = answers if isinstance(answers, AnswerVocabulary) else AnswerVocabulary(answers)
         self.collate = VQACollator(tokenizer, cfg.data.max_text_len, self.vocabulary)
         self.train_dataset = VQAItems(train.questions, self.transform, self.cache) if train else None
+        if train:
+            self.preload(q.image_path for q in train.questions)
 
     def model_kwargs(self) -> dict:
         return {"num_answers": len(self.vocabulary)}
