@@ -61,6 +61,12 @@ class ModelConfig:
     vision_kwargs: dict[str, Any] = field(default_factory=dict)
     text_kwargs: dict[str, Any] = field(default_factory=dict)
     fusion_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Fine-tuning: start from a saved model (a run's model/ directory, or the run itself),
+    # copying the parameters under these name prefixes (empty = every one whose name and
+    # shape match), and freeze the parameters under the `freeze` prefixes (e.g. "vision.").
+    init_from: str = ""
+    init_modules: list[str] = field(default_factory=list)
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass

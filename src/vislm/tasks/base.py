@@ -24,7 +24,7 @@ class Task:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.splits = splits
-        self.transform = make_transform(cfg.data)
+        self.transform = make_transform(cfg)
         # One cache for all splits: an image decoded once is never decoded again.
         self.cache = make_cache(cfg.data)
         # The last evaluation's per-item outputs, for reports (captions, answers).

@@ -235,8 +235,13 @@ def _webdataset(cfg: DataConfig, split: str) -> SplitRecords:
     return SplitRecords(split, captions, questions)
 
 
-def make_transform(cfg: DataConfig) -> ImageTransform:
-    return ImageTransform(cfg.image_size)
+def make_transform(cfg) -> ImageTransform:
+    """The image preprocessing of a run; a pre-trained vision tower dictates its own."""
+    if cfg.model.vision == "hf_vision":
+        from vislm.models.hf.vision import image_transform_settings
+
+        return ImageTransform(**image_transform_settings(cfg.model.vision_kwargs, cfg.data.image_size))
+    return ImageTransform(cfg.data.image_size)
 
 
 def make_cache(cfg: DataConfig) -> ImageCache | None:

@@ -25,14 +25,16 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 
 from vislm.config import Config, load_config
+from vislm.data.datasets import ImageSet
 from vislm.data.shapes import generate_shapes_world, read_scenes, scenes_file, world_file
 from vislm.metrics.retrieval import retrieval_metrics_from_embeddings
 from vislm.models.hf.loading import PKG_PREFIX, resolve
+from vislm.tasks.base import stack_images
 from vislm.tasks.run import train
 
 log = logging.getLogger(__name__)
@@ -100,10 +102,13 @@ def paraphrase_captions(scenes: Dict[int, List[dict]], synonyms: bool, per_image
 # -----------------------------------------------------------------------------
 # The two runs
 
-def lit_configs(data_root: str | Path, quick: bool = False) -> Dict[str, Config]:
+def lit_configs(data_root: str | Path, quick: bool = False,
+                overrides: Sequence[str] = ()) -> Dict[str, Config]:
     """{"locked_minilm": configs/lit_minilm.yaml, "scratch": the same with vislm's own
-    text encoder and a tokenizer trained on the captions}; one data root, one budget."""
-    locked = load_config(CONFIG, [f"data.root={data_root}", *(QUICK if quick else ())])
+    text encoder and a tokenizer trained on the captions}; one data root, one budget.
+    `overrides` ("train.max_steps=600", ...) apply to both."""
+    locked = load_config(CONFIG, [f"data.root={data_root}", *(QUICK if quick else ()),
+                                  *overrides])
     # run.train loads the tokenizer by path; a pkg: name is resolved here.
     if locked.tokenizer.path.startswith(PKG_PREFIX):
         locked.tokenizer.path = str(resolve(locked.tokenizer.path))
@@ -116,34 +121,42 @@ def lit_configs(data_root: str | Path, quick: bool = False) -> Dict[str, Config]
 
 
 @torch.no_grad()
-def evaluate_paraphrases(model, task, paraphrases: Dict[int, List[str]]) -> Dict[str, float]:
-    """Retrieval on the test images with the paraphrased captions as the texts."""
+def evaluate_paraphrases(model, task, sets: Dict[str, Dict[int, List[str]]]) -> Dict[str, dict]:
+    """{set name: retrieval metrics} on the test images, each set's paraphrases being the
+    texts. The images are embedded once; the test captions are not embedded again."""
     model.eval()
     split = task.cfg.data.eval_splits[0]
-    image_emb, _, _ = task.embed(model, split)
     records = task.splits[split].captions
-    texts, owners = [], []
-    for index, record in enumerate(records):
-        texts.extend(paraphrases[record.image_id])
-        owners.extend([index] * len(paraphrases[record.image_id]))
     device = next(model.parameters()).device
-    text_emb = []
-    size = task.cfg.eval.batch_size
-    for start in range(0, len(texts), size):
-        ids, mask = task.tokenizer(texts[start:start + size], task.cfg.data.max_text_len)
-        text_emb.append(model.encode_text(ids.to(device), mask.to(device)).float())
-    return retrieval_metrics_from_embeddings(image_emb, torch.cat(text_emb), torch.tensor(owners))
+    images = ImageSet(records, task.transform, task.cache)
+    image_emb = torch.cat([model.encode_image(batch["pixel_values"].to(device)).float()
+                           for batch in task.batches(images, stack_images)])
+    metrics = {}
+    for name, paraphrases in sets.items():
+        texts, owners = [], []
+        for index, record in enumerate(records):
+            texts.extend(paraphrases[record.image_id])
+            owners.extend([index] * len(paraphrases[record.image_id]))
+        text_emb, size = [], task.cfg.eval.batch_size
+        for start in range(0, len(texts), size):
+            ids, mask = task.tokenizer(texts[start:start + size], task.cfg.data.max_text_len)
+            text_emb.append(model.encode_text(ids.to(device), mask.to(device)).float())
+        metrics[name] = retrieval_metrics_from_embeddings(image_emb, torch.cat(text_emb),
+                                                          torch.tensor(owners))
+    return metrics
 
 
-def run_lit_comparison(out_dir: str | Path, data_root: str | Path, quick: bool = False) -> dict:
+def run_lit_comparison(out_dir: str | Path, data_root: str | Path, quick: bool = False,
+                       overrides: Sequence[str] = ()) -> dict:
     """Train the locked-MiniLM and the from-scratch dual encoders with the same budget,
     evaluate both on the test captions and on the two paraphrase sets, and write
-    out_dir/lit_comparison.json. A missing shapes world is generated at data_root."""
+    out_dir/lit_comparison.json. A missing shapes world is generated at data_root.
+    `overrides` change both runs alike, e.g. a longer budget: ["train.max_steps=600"]."""
     out_dir, data_root = Path(out_dir), Path(data_root)
     if not world_file(data_root).is_file():
         log.info("no shapes world at %s: generating one", data_root)
         generate_shapes_world(data_root)
-    configs = lit_configs(data_root, quick)
+    configs = lit_configs(data_root, quick, overrides)
     split = configs["locked_minilm"].data.eval_splits[0]
     scenes = read_scenes(scenes_file(data_root, split))
     sets = {name: paraphrase_captions(scenes, synonyms=name == "synonyms")
@@ -153,10 +166,8 @@ def run_lit_comparison(out_dir: str | Path, data_root: str | Path, quick: bool =
     for name, cfg in configs.items():
         handles: dict = {}
         run = train(cfg, out_dir / name, task_out=handles)
-        metrics = {split: run["metrics"][split]}
-        for set_name in PARAPHRASE_SETS:
-            metrics[set_name] = evaluate_paraphrases(handles["model"], handles["task"],
-                                                     sets[set_name])
+        metrics = {split: run["metrics"][split],
+                   **evaluate_paraphrases(handles["model"], handles["task"], sets)}
         result[name] = {"metrics": metrics, "params": run["params"],
                         "train_seconds": run["train_seconds"]}
         log.info("%s: %s", name, {k: round(v["mean_R"], 3) for k, v in metrics.items()})

@@ -13,6 +13,8 @@ import torch
 
 from vislm.config import Config, save_config
 from vislm.data.tokenizer import TextTokenizer, train_tokenizer
+from vislm.finetune import freeze, initialise_from
+from vislm.models.hf.export import export_config
 from vislm.pretrained import build_model, save_pretrained
 from vislm.tasks import TASKS
 from vislm.tasks.data import SplitRecords, load_split
@@ -35,6 +37,11 @@ def corpus(split: SplitRecords) -> list:
 
 def make_tokenizer(cfg: Config, train_split: SplitRecords) -> TextTokenizer:
     if cfg.tokenizer.path:
+        # `pkg:NAME` names a model shipped inside an installed package (see models.hf.loading).
+        if cfg.tokenizer.path.startswith("pkg:"):
+            from vislm.models.hf.loading import resolve
+
+            return TextTokenizer.load(resolve(cfg.tokenizer.path))
         return TextTokenizer.load(cfg.tokenizer.path)
     return train_tokenizer(corpus(train_split), cfg.tokenizer.vocab_size, cfg.tokenizer.kind,
                            cfg.tokenizer.lowercase)
@@ -62,6 +69,10 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, task_out: dict
     tokenizer = make_tokenizer(cfg, splits[cfg.data.train_split])
     task = TASKS[cfg.task](cfg, tokenizer, splits)
     model = build_model(cfg, tokenizer, **task.model_kwargs())
+    if cfg.model.init_from:
+        initialise_from(model, cfg.model.init_from, cfg.model.init_modules)
+    if cfg.model.freeze:
+        freeze(model, cfg.model.freeze)
     params = count_parameters(model)
     log.info("%s: %s parameters (%s trainable)", cfg.model.fusion, f"{params['total']:,}",
              f"{params['trainable']:,}")
@@ -76,7 +87,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, task_out: dict
 
     model.eval()
     metrics = {split: task.evaluate(model, split) for split in cfg.data.eval_splits}
-    save_pretrained(model, cfg, tokenizer, out_dir / "model", task.state())
+    save_pretrained(model, export_config(model, cfg), tokenizer, out_dir / "model", task.state())
     result = {"task": cfg.task, "fusion": cfg.model.fusion, "metrics": metrics, "params": params,
               "train_seconds": trainer.train_seconds, "samples_per_s": trainer.samples_per_s}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
