@@ -15,9 +15,9 @@ import logging
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
-from vislm.config import Config, ModelConfig, load_config, save_config
+from vislm.config import Config, ModelConfig, from_dict, load_config, save_config, to_dict
 from vislm.errors import ConfigError
 from vislm.tasks.data import load_split
 from vislm.tasks.run import make_tokenizer, train
@@ -36,7 +36,7 @@ TASK_METRICS = {
 class StrategyConfig:
     name: str = ""  # the row label, e.g. "early" or "gated cross-attention"
     task: str = "vqa"  # caption | vqa | retrieval
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Dict[str, Any] = field(default_factory=dict)  # merged over base.model (dicts key by key)
     baseline: bool = False  # the text-only model the others are measured against
 
 
@@ -51,9 +51,9 @@ def load_compare_config(path, overrides=()) -> CompareConfig:
     cfg = load_config(path, list(overrides), cls=CompareConfig)
     if not cfg.strategies:
         raise ConfigError(f"{path}: 'strategies' lists no strategy to compare")
-    names = [s.name for s in cfg.strategies]
-    if len(set(names)) != len(names) or "" in names:
-        raise ConfigError(f"{path}: every strategy needs a unique 'name'; got {names}")
+    keys = [(s.task, s.name) for s in cfg.strategies]
+    if len(set(keys)) != len(keys) or any(not name for _, name in keys):
+        raise ConfigError(f"{path}: every strategy needs a 'name', unique within its task; got {keys}")
     for strategy in cfg.strategies:
         if strategy.task not in TASK_METRICS:
             raise ConfigError(f"strategies.{strategy.name}.task must be one of "
@@ -61,13 +61,30 @@ def load_compare_config(path, overrides=()) -> CompareConfig:
     return cfg
 
 
+def strategy_model(base: ModelConfig, overrides: Dict[str, Any], name: str) -> ModelConfig:
+    """base.model with the strategy's keys on top; kwargs dicts are merged key by key, so a
+    strategy names only what differs (its fusion, a fusion option)."""
+    merged = to_dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return from_dict(ModelConfig, merged, prefix=f"strategies.{name}.model")
+
+
 def run_config(cfg: CompareConfig, strategy: StrategyConfig, seed: int, tokenizer_dir: Path) -> Config:
     """The base config with this strategy's model and task, this seed and the shared tokenizer."""
     base = cfg.base
     return dataclasses.replace(
-        base, task=strategy.task, model=strategy.model,
+        base, task=strategy.task, model=strategy_model(base.model, strategy.model, strategy.name),
         train=dataclasses.replace(base.train, seed=seed),
         tokenizer=dataclasses.replace(base.tokenizer, path=str(tokenizer_dir)))
+
+
+def run_dir(out: Path, strategy: StrategyConfig, seed: int) -> Path:
+    slug = "".join(c if c.isalnum() else "_" for c in strategy.name).strip("_")
+    return out / "runs" / strategy.task / slug / f"seed{seed}"
 
 
 def summarise(values: List[float]) -> Dict[str, float]:
@@ -105,17 +122,17 @@ def run_compare(cfg: CompareConfig, out: str | Path, split: str = "test") -> Lis
     for strategy in cfg.strategies:
         results = []
         for seed in cfg.seeds:
-            run_dir = out / "runs" / strategy.name.replace(" ", "_") / f"seed{seed}"
-            log.info("compare: %s (%s), seed %d", strategy.name, strategy.model.fusion, seed)
-            results.append(train(run_config(cfg, strategy, seed, tokenizer_dir), run_dir))
-        row = {"strategy": strategy.name, "task": strategy.task, "fusion": strategy.model.fusion,
+            log.info("compare: %s %s, seed %d", strategy.task, strategy.name, seed)
+            results.append(train(run_config(cfg, strategy, seed, tokenizer_dir), run_dir(out, strategy, seed)))
+        fusion = strategy_model(cfg.base.model, strategy.model, strategy.name).fusion
+        row = {"strategy": strategy.name, "task": strategy.task, "fusion": fusion,
                "baseline": strategy.baseline, "seeds": list(cfg.seeds)}
         for metric in TASK_METRICS[strategy.task]:
             row[metric] = summarise([r["metrics"][split].get(metric) for r in results])
         row["params"] = results[0]["params"]["total"]
         row["train_seconds"] = summarise([r["train_seconds"] for r in results])["mean"]
         row["samples_per_s"] = summarise([r["samples_per_s"] for r in results])["mean"]
-        row["run_dirs"] = [str(out / "runs" / strategy.name.replace(" ", "_") / f"seed{s}") for s in cfg.seeds]
+        row["run_dirs"] = [str(run_dir(out, strategy, s)) for s in cfg.seeds]
         rows.append(row)
 
     baselines = {row["task"]: row for row in rows if row["baseline"]}
