@@ -128,3 +128,28 @@ def test_quick_demo_writes_metrics_and_report(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "## Captioning" in report and "samples/" in report
     assert any(Path(tmp_path, "samples").iterdir())
+
+
+def test_pretrain_then_finetune_transfers_the_image_tower(world, tmp_path):
+    from safetensors.torch import load_file
+
+    tiny = ["model.vision_kwargs.dim=16", "model.vision_kwargs.widths=[8,16,16]", "model.text_kwargs.dim=16",
+            "model.fusion_kwargs.embed_dim=16", *QUICK]
+    assert main(["pretrain", "configs/pretrain.yaml", f"data.root={world}", *tiny, "--out", str(tmp_path / "pre")]) == 0
+    log = [json.loads(line) for line in (tmp_path / "pre" / "log.jsonl").read_text().splitlines()]
+    assert {"itc_loss", "itm_loss", "mlm_loss"} <= set(log[0])
+    # The tower is frozen while fine-tuning, so it must come out exactly as pre-trained.
+    assert main(["finetune", "configs/finetune_vqa.yaml", f"init={tmp_path / 'pre'}", f"data.root={world}",
+                 "model.freeze=[vision.]", *tiny[:3], *QUICK, "--out", str(tmp_path / "ft")]) == 0
+    before = load_file(str(tmp_path / "pre" / "model" / "model.safetensors"))
+    after = load_file(str(tmp_path / "ft" / "model" / "model.safetensors"))
+    # (num_batches_tracked is a counter, not a weight: it counts on.)
+    shared = [k for k in before if k.startswith("vision.") and "num_batches_tracked" not in k]
+    assert shared and all(torch.equal(before[k], after[k]) for k in shared)
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["params"]["frozen"] == sum(before[k].numel() for k in shared if "running" not in k)
+
+
+def test_finetune_without_init_is_an_error(world, tmp_path):
+    result = run_cli("finetune", "configs/finetune_vqa.yaml", f"data.root={world}", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "init=RUN_DIR" in result.stderr

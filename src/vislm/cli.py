@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vislm.errors import VislmError
+from vislm.errors import ConfigError, VislmError
 
 
 def _data_shapes(args) -> None:
@@ -26,6 +26,15 @@ def _train(args) -> None:
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, args.out, resume=args.resume)
     print(json.dumps(result["metrics"], indent=2))
+
+
+def _finetune(args) -> None:
+    # `init=RUN_DIR` is shorthand for model.init_from=RUN_DIR: start from that run's weights.
+    overrides = [f"model.init_from={o[5:]}" if o.startswith("init=") else o for o in args.overrides]
+    if not any(o.startswith("model.init_from=") for o in overrides):
+        raise ConfigError("finetune needs init=RUN_DIR (the run or saved model to start from)")
+    args.overrides = overrides
+    _train(args)
 
 
 def _demo(args) -> None:
@@ -79,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     train.set_defaults(func=_train)
+
+    pretrain = commands.add_parser("pretrain", help="pre-train with a mix of objectives (e.g. ITC + ITM + MLM)")
+    pretrain.add_argument("config", help="YAML config, e.g. configs/pretrain.yaml")
+    pretrain.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
+    pretrain.add_argument("--out", required=True, help="run directory")
+    pretrain.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    pretrain.set_defaults(func=_train)
+
+    finetune = commands.add_parser("finetune", help="train a task starting from another run's weights")
+    finetune.add_argument("config", help="YAML config of the task")
+    finetune.add_argument("overrides", nargs="*", help="init=RUN_DIR, then dotted overrides")
+    finetune.add_argument("--out", required=True, help="run directory")
+    finetune.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    finetune.set_defaults(func=_finetune)
 
     demo = commands.add_parser("demo", help="train a captioner, a dual encoder and a VQA model on the shapes world")
     demo.add_argument("--out", required=True, help="output directory")
