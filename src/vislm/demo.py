@@ -47,6 +47,10 @@ def run_demo(out: str | Path, quick: bool = False, data_root: str | Path | None 
     timings: dict = {}
     for task, preset in TASK_PRESETS.items():
         overrides = [f"data.root={root}", "data.eval_splits=[test,comp_test]"]
+        if task == "vqa":
+            # Fine-tune from the captioner's image tower: captioning has taught it shapes
+            # and colours, which VQA's single answer per question teaches slowly.
+            overrides += [f"model.init_from={out / 'caption'}", "model.init_modules=[vision.]"]
         cfg = load_config(PRESETS / preset, overrides + (QUICK_OVERRIDES if quick else []))
         started = time.perf_counter()
         handles: dict = {}
