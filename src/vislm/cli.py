@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--questions", required=True, help="VQAv2 questions JSON")
     vqa.add_argument("--annotations", required=True, help="VQAv2 annotations JSON")
     vqa.set_defaults(func=_eval_vqa)
+    from vislm.bench.cli import add_bench_command  # vislm vs Hugging Face, BENCHMARKS.md
+
+    add_bench_command(commands)
     return parser
 
 

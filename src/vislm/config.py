@@ -44,6 +44,11 @@ class DataConfig:
     columns: dict[str, str] = field(default_factory=dict)  # CSV/JSONL renames, e.g. {caption: text}
     val_holdout: int = 0  # >0: "val" = this many train images (chosen with split_seed), removed from "train"
     split_seed: int = 0
+    # A bad training sample (unreadable image, text empty once cleaned): "skip" drops and
+    # counts it, "raise" stops the run. Evaluation always raises. More than
+    # max_skip_fraction of the training samples bad stops the run anyway (vislm/data/bad_data.py).
+    on_error: Literal["raise", "skip"] = "skip"
+    max_skip_fraction: float = 0.01
 
 
 @dataclass
@@ -88,6 +93,11 @@ class TrainConfig:
     save_every_steps: int = 0  # 0 = at each epoch end only
     keep_last: int = 2  # checkpoints kept besides the best; 0 = keep all
     progress: bool = True
+    max_bad_steps: int = 10  # non-finite losses in a row before the run stops
+    # Steps per epoch of a streamed (iterable) training set, which has no len(); 0 = from len()
+    steps_per_epoch: int = 0
+    # Batches of similar text lengths (less padding; same results per example), vislm/data/bucketing.py
+    length_bucketing: bool = False
 
 
 @dataclass
@@ -97,6 +107,9 @@ class EvalConfig:
     num_beams: int = 1
     length_penalty: float = 1.0
     meteor: bool = True              # METEOR starts a JVM (about 12 s); off for quick runs
+    # Retrieval with an ITM head (albef_pretrain): re-rank each query's top k ITC candidates
+    # with ITM and report "itm_" recalls too (vislm/tasks/rerank.py); 0 = off.
+    rerank_k: int = 0
 
 
 @dataclass

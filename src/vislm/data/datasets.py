@@ -81,6 +81,11 @@ class CaptionPairs(Dataset):
     def __len__(self) -> int:
         return len(self._pairs)
 
+    def lengths(self) -> list[int]:
+        """Words per caption + BOS/EOS: a cheap stand-in for token counts, good enough to
+        group similar lengths (train.length_bucketing) without tokenising the data set."""
+        return [len(self.records[r].captions[c].split()) + 2 for r, c in self._pairs]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         record_index, caption_index = self._pairs[index]
         record = self.records[record_index]

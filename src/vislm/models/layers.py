@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vislm.models.kv_cache import StaticKV
 from vislm.models.positions import apply_rotary
 
 ATTN_IMPLS = ("sdpa", "math")
@@ -125,11 +126,16 @@ class SelfAttention(nn.Module):
         if rope is not None:
             # Rotate before caching, so cached keys never need rotating again.
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
+        if past is not None and isinstance(past[0], StaticKV):
+            k, v = past[0].append(k, v)  # in place; the cache object itself is passed on
+            cache = past
+        else:
+            if past is not None:
+                k = torch.cat([past[0], k], dim=2)
+                v = torch.cat([past[1], v], dim=2)
+            cache = (k, v)
         y = attend(q, k, v, mask, causal, self.attn_impl, self.dropout if self.training else 0.0)
-        return self.resid_drop(self.proj(_merge_heads(y))), (k, v)
+        return self.resid_drop(self.proj(_merge_heads(y))), cache
 
 
 class CrossAttention(nn.Module):
@@ -153,7 +159,7 @@ class CrossAttention(nn.Module):
     def forward(self, x, context=None, context_mask=None, past: Optional[KV] = None):
         """Returns (output, (k, v)); with `past` the context is not projected again."""
         q = _split_heads(self.q(x), self.heads)
-        if past is not None:
+        if past is not None and past[0] is not None:  # a static cache's first step has none yet
             k, v = past
         else:
             if context is None:

@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 
 import torch.nn as nn
 
+from vislm.models.kv_cache import cache_length
 from vislm.models.layers import Block, init_transformer_weights, self_attention_mask
 from vislm.models.positions import is_additive, make_positions
 from vislm.registry import TEXT_MODELS
@@ -55,7 +56,7 @@ class TextTransformer(nn.Module):
         if image_tokens is not None and not self.cross_attention:
             raise ValueError("image_tokens given to a text model built without cross_attention")
         B, T = input_ids.shape
-        start = 0 if past is None else past[0][0].size(2)
+        start = 0 if past is None else cache_length(past)
         if attention_mask is not None and attention_mask.shape != (B, start + T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
                              f"expected {(B, start + T)} (past and new tokens)")

@@ -56,10 +56,13 @@ class SplitRecords:
     scenes: Dict[int, list] = field(default_factory=dict)
 
 
-def load_split(cfg: DataConfig, split: str) -> SplitRecords:
-    """The records of `split`, with every image file checked to exist."""
+def load_split(cfg: DataConfig, split: str, check_files: bool = True) -> SplitRecords:
+    """The records of `split`, with every image file checked to exist (unless `check_files`
+    is False: a training split under data.on_error=skip drops missing images instead,
+    vislm/tasks/screen.py)."""
     records = read_split(cfg, split)
-    _check_image_files(records, cfg.dataset)
+    if check_files:
+        _check_image_files(records, cfg.dataset)
     return records
 
 

@@ -10,6 +10,7 @@ from vislm.data.collate import AnswerVocabulary, VQACollator
 from vislm.data.datasets import VQAItems
 from vislm.metrics.vqa import vqa_accuracy
 from vislm.tasks.base import Task, model_device
+from vislm.tasks.screen import note_answers_outside
 
 
 class VQATask(Task):
@@ -25,6 +26,7 @@ class VQATask(Task):
         self.train_dataset = VQAItems(train.questions, self.transform, self.cache) if train else None
         if train:
             self.preload(q.image_path for q in train.questions)
+            note_answers_outside(train.questions, self.vocabulary, self.bad_data)
 
     def model_kwargs(self) -> dict:
         return {"num_answers": len(self.vocabulary)}
@@ -45,11 +47,13 @@ class VQATask(Task):
         return predictions
 
     def evaluate(self, model, split: str) -> Dict[str, float]:
+        """Overall "accuracy", "accuracy/<answer_type>" (VQA-RAD: OPEN and CLOSED; easy-VQA:
+        yes/no, shape, color) and "accuracy/qtype/<question_type>" where records have one."""
         records = self.splits[split].questions
         predictions = self.answer(model, split)
         annotations = [
             {"question_id": r.question_id, "answers": [{"answer": a} for a in r.answers],
-             "answer_type": r.answer_type, "question_type": r.question_type}
+             "answer_type": _label(r.answer_type), "question_type": _label(r.question_type)}
             for r in records
         ]
         result = vqa_accuracy(predictions, annotations)
@@ -62,4 +66,12 @@ class VQATask(Task):
         ]
         metrics = {"accuracy": result["accuracy"]}
         metrics.update({f"accuracy/{k}": v for k, v in result["per_answer_type"].items()})
+        metrics.update({f"accuracy/qtype/{k}": v for k, v in result["per_question_type"].items()
+                        if k is not None})
         return metrics
+
+
+def _label(value: str | None) -> str | None:
+    # Some releases pad labels (VQA-RAD has "CLOSED "): strip here too, so "CLOSED" and
+    # "CLOSED " are one group whichever reader produced the records.
+    return value.strip() if isinstance(value, str) else value

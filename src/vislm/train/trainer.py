@@ -14,6 +14,19 @@ Exact resume: the data order of an epoch is a pure function of (seed, epoch), so
 restarts from a checkpoint (model, optimizer, scheduler, RNG states, position in the epoch)
 computes the same batches and dropout masks as a run that never stopped, bit for bit, on a
 single process. Examples that do not fill a whole step at the end of an epoch are dropped.
+Log lines written after that checkpoint by the stopped run are removed on resume, so the
+log reads as one run.
+
+Streamed training data (an IterableDataset such as ShardedDataset) has no length: give
+`train.steps_per_epoch`. Each epoch calls its `set_epoch` (if any) and reads that many
+steps; a resumed epoch re-reads and discards the steps already done.
+
+Bad samples: a batch may carry, under SKIPPED_KEY, the samples that failed to load while it
+was made, as (index, message) pairs (vislm.data.bad_data). They are counted over all
+processes, and more than `bad_data.max_fraction` of an epoch's samples stops the run.
+
+Under a launcher each process trains on its share of every step and evaluates the whole
+split (vislm/tasks/run.py); only the main process writes the log and checkpoints.
 
 Log lines in `out_dir/log.jsonl` ("epoch" is fractional: epochs completed so far, "time" is
 training seconds, excluding evaluation and checkpointing, summed over resumed runs):
@@ -24,6 +37,7 @@ training seconds, excluding evaluation and checkpointing, summed over resumed ru
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -31,19 +45,22 @@ import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import send_to_device, set_seed
-from torch.utils.data import DataLoader
+from accelerate.utils import DistributedType, send_to_device, set_seed
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from vislm.config import TrainConfig
-from vislm.errors import ConfigError
+from vislm.data.bad_data import SKIPPED_KEY, BadData
+from vislm.data.bucketing import bucketed_batches
+from vislm.errors import ConfigError, DataError
 from vislm.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from vislm.train.optim import build_optimizer, build_scheduler
+from vislm.train.precision import attention_for_precision
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +68,6 @@ Evaluate = Callable[[torch.nn.Module], Mapping[str, Any]]
 
 
 class Trainer:
-    # Non-finite steps in a row before training stops: one bad batch is noise, ten mean
-    # the run has diverged and further steps only waste time.
-    max_bad_steps = 10
-
     def __init__(
         self,
         model: torch.nn.Module,
@@ -68,10 +81,14 @@ class Trainer:
         *,
         greater_is_better: bool | None = None,
         num_workers: int = 0,
+        bad_data: BadData | None = None,
+        lengths: Sequence[int] | None = None,
     ):
         """`metric_for_best` is a (dotted, for nested results) key of what `evaluate` returns;
         `greater_is_better` defaults to False for losses, perplexities and errors (see
-        `_LOWER_IS_BETTER`) and True otherwise."""
+        `_LOWER_IS_BETTER`) and True otherwise. `bad_data` receives the samples that failed
+        to load during training and sets their limit. `lengths` (text length per example) groups
+        batches by length under `train.length_bucketing`; by default the dataset's `lengths()`."""
         _check_config(cfg)
         if metric_for_best and evaluate is None:
             raise ConfigError(f"metric_for_best '{metric_for_best}' needs an evaluate function")
@@ -86,12 +103,23 @@ class Trainer:
             greater_is_better = not _lower_is_better(metric_for_best)
         self.greater_is_better = greater_is_better
         self.num_workers = num_workers
+        self.bad_data = bad_data
+        self.lengths = lengths
+        self.streaming = isinstance(train_dataset, IterableDataset)
         self._owns_accelerator = accelerator is None
         self.accelerator = accelerator if accelerator is not None else make_accelerator(cfg)
         _check_accelerator(self.accelerator, cfg)
 
         per_step = cfg.batch_size * cfg.grad_accum_steps * self.accelerator.num_processes
-        self.steps_per_epoch = len(train_dataset) // per_step
+        if self.streaming:
+            if cfg.steps_per_epoch <= 0:
+                raise ConfigError("train.steps_per_epoch must be set (> 0) for a streamed training set, "
+                                  "which has no length")
+            self.steps_per_epoch = cfg.steps_per_epoch
+        else:
+            self.steps_per_epoch = len(train_dataset) // per_step
+            if cfg.steps_per_epoch > 0:
+                self.steps_per_epoch = min(self.steps_per_epoch, cfg.steps_per_epoch)
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"train.batch_size={cfg.batch_size} x train.grad_accum_steps={cfg.grad_accum_steps} "
@@ -114,6 +142,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.samples_seen = 0
         self.samples_per_s = 0.0
+        self.failed_in_epoch = 0  # samples of this epoch that failed to load, all processes
 
     # -----------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
@@ -147,6 +176,8 @@ class Trainer:
             self._resume(checkpoint, model, optimizer, scheduler)
         elif resume:
             logger.info("no checkpoint in %s: starting from scratch", self.out_dir / CHECKPOINTS)
+        if resume and acc.is_main_process:
+            truncate_log(self.out_dir / "log.jsonl", self.global_step)
 
         self._log_file = None
         if acc.is_main_process:
@@ -160,9 +191,12 @@ class Trainer:
             disable=not (cfg.progress and acc.is_main_process),
         )
         self._bad_in_a_row = 0
+        self._failures_seen: set = set()  # indices (or shard/key names) of failed samples
         self._reset_interval()
         try:
-            self._train(model, optimizer, scheduler)
+            # bf16 on CPU: the attention that trains fastest, same results (train/precision.py).
+            with attention_for_precision(self.model, cfg.precision, acc.device.type):
+                self._train(model, optimizer, scheduler)
         finally:
             self._bar.close()
             if self._log_file is not None:
@@ -175,10 +209,17 @@ class Trainer:
     def _train(self, model, optimizer, scheduler) -> None:
         while self.global_step < self.total_steps:
             self._train_epoch(model, optimizer, scheduler)
+            self._sync_buffers(model)
             epoch_done = self.step_in_epoch == self.steps_per_epoch
             if epoch_done:
                 self.epoch += 1
                 self.step_in_epoch = 0
+                self.failed_in_epoch = 0
+            elif self.global_step < self.total_steps:
+                raise DataError(
+                    f"the training stream ended after {self.step_in_epoch} of the {self.steps_per_epoch} steps "
+                    f"of epoch {self.epoch + 1} (train.steps_per_epoch); lower it to what every process can read"
+                )
             finished = self.global_step >= self.total_steps
             every = self.cfg.eval_every
             due = finished or (epoch_done and every > 0 and self.epoch % every == 0)
@@ -186,18 +227,25 @@ class Trainer:
             self._save(model, optimizer, scheduler, metric)
 
     # -----------------------------------------------------------------------------------
-    def _train_epoch(self, model, optimizer, scheduler) -> None:
-        """Run the rest of the current epoch, or until `total_steps`."""
+    def _sync_buffers(self, model) -> None:
+        """Give every process the main process's buffers (batch-norm statistics).
+
+        DDP averages gradients, so parameters agree, but each process updates its buffers
+        from its own batches; DDP only copies the main process's at the start of the next
+        forward. Evaluating, or ending the run, without this would leave each process with
+        a slightly different model, and metrics that differ from the saved model's.
+        """
+        if self.accelerator.num_processes == 1:
+            return
+        for buffer in self.accelerator.unwrap_model(model).buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+    def _micro_batches(self):
+        """This process's micro-batches for the rest of the current epoch."""
         acc, cfg = self.accelerator, self.cfg
         accum = cfg.grad_accum_steps
-        batches = epoch_batches(
-            len(self.train_dataset), cfg.batch_size, accum, cfg.seed, self.epoch,
-            acc.process_index, acc.num_processes,
-        )  # fmt: skip
-        loader = DataLoader(
-            self.train_dataset,
-            # Skipping at the index level: a resumed epoch does not load the skipped examples.
-            batch_sampler=batches[self.step_in_epoch * accum :],
+        done, wanted = self.step_in_epoch * accum, self.steps_per_epoch * accum
+        options = dict(
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             pin_memory=acc.device.type == "cuda",
@@ -205,12 +253,56 @@ class Trainer:
             # global torch RNG, which would shift the dropout masks of a resumed run.
             generator=torch.Generator().manual_seed(epoch_seed(cfg.seed, self.epoch)),
         )
+        if not self.streaming:
+            batches = self._epoch_order()[:wanted]
+            # Skipping at the index level: a resumed epoch does not load the skipped examples.
+            return DataLoader(self.train_dataset, batch_sampler=batches[done:], **options)
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(self.epoch)
+        loader = DataLoader(self.train_dataset, batch_size=cfg.batch_size, drop_last=True, **options)
+        # A stream cannot seek: a resumed epoch reads the steps already done and drops them.
+        return itertools.islice(loader, done, wanted)
+
+    def _epoch_order(self) -> list[list[int]]:
+        """This process's micro-batches of the current epoch: random, or random groups of
+        similar lengths under train.length_bucketing (less padding, vislm/data/bucketing.py)."""
+        acc, cfg = self.accelerator, self.cfg
+        if cfg.length_bucketing:
+            return bucketed_batches(
+                self._example_lengths(), cfg.batch_size, cfg.grad_accum_steps,
+                epoch_seed(cfg.seed, self.epoch), acc.process_index, acc.num_processes,
+            )  # fmt: skip
+        return epoch_batches(
+            len(self.train_dataset), cfg.batch_size, cfg.grad_accum_steps, cfg.seed, self.epoch,
+            acc.process_index, acc.num_processes,
+        )  # fmt: skip
+
+    def _example_lengths(self) -> Sequence[int]:
+        """`lengths` as given, else `lengths()` of the dataset or of a dataset it wraps
+        one to one (`.dataset` of the same length, as vislm.data.bad_data's wrapper)."""
+        if self.lengths is None:
+            dataset = self.train_dataset
+            while not hasattr(dataset, "lengths") and len(getattr(dataset, "dataset", ())) == len(dataset):
+                dataset = dataset.dataset
+            if not hasattr(dataset, "lengths"):
+                raise ConfigError("train.length_bucketing needs the length of every example: pass "
+                                  "Trainer(lengths=...) or use a dataset with a lengths() method")
+            self.lengths = list(dataset.lengths())
+        if len(self.lengths) != len(self.train_dataset):
+            raise ConfigError(f"{len(self.lengths)} lengths for {len(self.train_dataset)} training examples")
+        return self.lengths
+
+    def _train_epoch(self, model, optimizer, scheduler) -> None:
+        """Run the rest of the current epoch, or until `total_steps`."""
+        acc, cfg = self.accelerator, self.cfg
+        accum = cfg.grad_accum_steps
         model.train()
         terms: dict[str, float] = {}
-        bad = False
+        bad, failed = False, 0
         self._tick = time.perf_counter()
-        for index, batch in enumerate(loader):
+        for index, batch in enumerate(self._micro_batches()):
             last = index % accum == accum - 1
+            failed += self._take_failures(batch)
             # Gradients are synchronised across processes on the last micro-batch only.
             with nullcontext() if last else acc.no_sync(model):
                 values = self._micro_step(model, send_to_device(batch, acc.device))
@@ -219,8 +311,8 @@ class Trainer:
                 terms[name] = terms.get(name, 0.0) + value / accum
             if not last:
                 continue
-            self._optimizer_step(model, optimizer, scheduler, terms, bad)
-            terms, bad = {}, False
+            self._optimizer_step(model, optimizer, scheduler, terms, bad, failed)
+            terms, bad, failed = {}, False, 0
             if self.global_step >= self.total_steps:
                 break
             every = cfg.save_every_steps
@@ -239,13 +331,29 @@ class Trainer:
         self.accelerator.backward(out["loss"])
         return {name: _scalar(value) for name, value in out.items() if _is_loss_term(name, value)}
 
-    def _optimizer_step(self, model, optimizer, scheduler, terms: dict[str, float], bad_loss: bool):
+    def _take_failures(self, batch: Any) -> int:
+        """Remove the failed samples, (index, message) pairs, from `batch`; record new ones;
+        return how many."""
+        if not isinstance(batch, dict) or SKIPPED_KEY not in batch:
+            return 0
+        failures = batch.pop(SKIPPED_KEY)
+        for index, message in failures:
+            # An unreadable file fails again every epoch; the summary counts each sample once.
+            if self.bad_data is not None and index not in self._failures_seen:
+                self._failures_seen.add(index)
+                self.bad_data.skip(message)
+        return len(failures)
+
+    def _optimizer_step(self, model, optimizer, scheduler, terms: dict[str, float], bad_loss: bool,
+                        failed: int = 0):
         acc, cfg = self.accelerator, self.cfg
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = float(acc.clip_grad_norm_(model.parameters(), max_norm))
-        # All processes must agree to skip, or their weights would drift apart.
-        flags = torch.tensor([float(bad_loss or not math.isfinite(grad_norm))], device=acc.device)
-        skip = bool(acc.reduce(flags, reduction="sum").item() > 0)
+        # All processes must agree to skip (or their weights would drift apart) and to stop.
+        flags = torch.tensor([float(bad_loss or not math.isfinite(grad_norm)), float(failed)], device=acc.device)
+        flags = acc.reduce(flags, reduction="sum").tolist()
+        skip = flags[0] > 0
+        self._count_failures(int(flags[1]))
         lr = optimizer.param_groups[0]["lr"]
         if not skip:
             optimizer.step()
@@ -276,6 +384,17 @@ class Trainer:
         if self.global_step % cfg.log_every == 0 or self.global_step == self.total_steps:
             self._log_interval()
 
+    def _count_failures(self, failed: int) -> None:
+        """Stop when this epoch's failed samples, over all processes, pass the limit."""
+        self.failed_in_epoch += failed
+        if self.bad_data is None or failed == 0:
+            return
+        per_epoch = self.steps_per_epoch * self.cfg.batch_size * self.cfg.grad_accum_steps
+        per_epoch *= self.accelerator.num_processes
+        if self.failed_in_epoch > self.bad_data.max_fraction * per_epoch:
+            what = f"training samples of epoch {self.epoch + 1} (failed to load)"
+            raise DataError(self.bad_data.too_many(self.failed_in_epoch, per_epoch, what))
+
     def _record_bad_step(self, reason: str) -> None:
         self._bad_in_a_row += 1
         logger.warning("step %d skipped: %s", self.global_step, reason)
@@ -283,10 +402,11 @@ class Trainer:
             {"step": self.global_step, "epoch": self._epoch_float(), "skipped": reason,
              "time": round(self.train_seconds, 3)}
         )  # fmt: skip
-        if self._bad_in_a_row >= self.max_bad_steps:
+        if self._bad_in_a_row >= self.cfg.max_bad_steps:
             first = self.global_step - self._bad_in_a_row + 1
             raise FloatingPointError(
-                f"training stopped: steps {first}-{self.global_step} all had a non-finite loss or gradient; "
+                f"training stopped in epoch {self.epoch + 1}: steps {first}-{self.global_step} all had a "
+                f"non-finite loss or gradient (train.max_bad_steps={self.cfg.max_bad_steps}); "
                 "lower train.lr, check the data, or try train.precision=fp32"
             )
 
@@ -354,7 +474,8 @@ class Trainer:
                 "batch_size": self.cfg.batch_size,
                 "grad_accum_steps": self.cfg.grad_accum_steps,
                 "num_processes": acc.num_processes,
-                "dataset_size": len(self.train_dataset),
+                "dataset_size": self._dataset_size(),
+                "failed_in_epoch": self.failed_in_epoch,
             }
             save_checkpoint(
                 self.out_dir,
@@ -376,7 +497,7 @@ class Trainer:
             "train.batch_size": (state.get("batch_size"), self.cfg.batch_size),
             "train.grad_accum_steps": (state.get("grad_accum_steps"), self.cfg.grad_accum_steps),
             "number of processes": (state.get("num_processes"), acc.num_processes),
-            "training set size": (state.get("dataset_size"), len(self.train_dataset)),
+            "training set size": (state.get("dataset_size"), self._dataset_size()),
         }
         for name, (saved, now) in current.items():
             if saved != now:
@@ -390,7 +511,11 @@ class Trainer:
         self.last_metrics = state.get("last_eval") or {}
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.samples_seen = int(state.get("samples_seen", 0))
+        self.failed_in_epoch = int(state.get("failed_in_epoch", 0))
         logger.info("resumed from %s (step %d)", checkpoint, self.global_step)
+
+    def _dataset_size(self) -> int | str:
+        return "stream" if self.streaming else len(self.train_dataset)
 
     def _clear_previous_run(self) -> None:
         old = self.out_dir / CHECKPOINTS
@@ -398,6 +523,28 @@ class Trainer:
             logger.warning("fresh run: removing the previous run's checkpoints in %s", old)
             shutil.rmtree(old)
         (self.out_dir / "log.jsonl").unlink(missing_ok=True)
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Keep the log lines of steps up to `last_step`, the checkpoint a run resumes from.
+
+    Lines after it were written by a run that then stopped; the resumed run writes them
+    again. A line cut short by a kill, and lines without a step (end-of-run summaries),
+    go too. Rewritten atomically: a kill now must not lose the whole log.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
+            kept.append(line)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    temp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -438,6 +585,15 @@ def epoch_batches(
 # Accelerator and config checks
 
 
+def process_state() -> PartialState:
+    """This process's place in a launch (index, count, is_main_process), before any Accelerator.
+
+    Asks for the CPU on a machine without CUDA, as make_accelerator does: without it,
+    Accelerate sees two CPU processes of a launch as two unrelated single processes.
+    """
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """An Accelerator for `cfg`: CPU when no CUDA device, bf16 autocast when asked."""
     kwargs = dict(
@@ -476,12 +632,18 @@ def _check_accelerator(acc: Accelerator, cfg: TrainConfig) -> None:
             f"train.grad_accum_steps={cfg.grad_accum_steps} but the accelerator accumulates "
             f"{acc.gradient_accumulation_steps} steps"
         )
+    if acc.distributed_type == DistributedType.FSDP:
+        # Checkpoints and the saved model are written from the main process's module, which
+        # under FSDP holds only its shard of the weights: refuse rather than save fragments.
+        raise ConfigError("FSDP is not supported by vislm's checkpoints yet; launch with DDP "
+                          "(accelerate launch --multi_gpu, or torchrun)")
 
 
 def _check_config(cfg: TrainConfig) -> None:
     minimums = {
         "epochs": 1, "batch_size": 1, "grad_accum_steps": 1, "log_every": 1,
         "max_steps": 0, "warmup_steps": 0, "eval_every": 0, "save_every_steps": 0,
+        "max_bad_steps": 1, "steps_per_epoch": 0,
     }  # fmt: skip
     for name, low in minimums.items():
         if getattr(cfg, name) < low:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from vislm.data.bad_data import SKIPPED_KEY
 from vislm.data.formats._json import get_field, json_type, record_at, relative_file_name
 from vislm.data.formats.coco import CaptionRecord
 from vislm.data.formats.vqav2 import VQARecord
@@ -279,15 +280,22 @@ class ShardedDataset(IterableDataset):
     rank and world_size default to torch.distributed's when it is initialised (else 0 and 1).
     With shuffle, the shard order changes every epoch (call set_epoch) but is the same on
     every rank, which keeps the split between ranks a partition.
+
+    on_error="skip" drops a sample whose image fails to load instead of raising, and hands
+    its (shard/key, message) to the trainer in the next item, under SKIPPED_KEY: batch with
+    vislm.data.bad_data.SkippingCollate. A malformed shard still raises.
     """
 
     def __init__(
         self, shards: str | Path | Iterable[str | Path], transform: Callable[[Any], torch.Tensor],
         mode: str = "caption", shuffle: bool = False, seed: int = 0, rank: int | None = None,
-        world_size: int | None = None,
+        world_size: int | None = None, on_error: str = "raise",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"ShardedDataset: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"ShardedDataset: on_error must be raise or skip, got {on_error!r}")
+        self.on_error = on_error
         self.shards = list_shards(shards) if isinstance(shards, (str, Path)) else [Path(s) for s in shards]
         self.transform = transform
         self.mode = mode
@@ -319,9 +327,22 @@ class ShardedDataset(IterableDataset):
         # one scratch file, so every safety check of load_image applies to shard images too.
         with tempfile.TemporaryDirectory(prefix="vislm-shard-") as scratch:
             scratch_file = Path(scratch) / "image"
+            failures: list[tuple[str, str]] = []  # skipped since the last item
             for shard in self.my_shards():
                 for sample in iter_samples(shard):
-                    yield from self._items(sample, scratch_file)
+                    if self.on_error == "raise":
+                        yield from self._items(sample, scratch_file)
+                        continue
+                    try:
+                        items = list(self._items(sample, scratch_file))
+                    except DataError as error:
+                        failures.append((f"{sample.shard}/{sample.key}", str(error)))
+                        continue
+                    for item in items:
+                        item[SKIPPED_KEY], failures = failures, []
+                        yield item
+            for where, message in failures:  # no item left to carry them to the trainer
+                log.warning("skipped %s at the end of the stream: %s", where, message)
 
     def _items(self, sample: Sample, scratch_file: Path) -> Iterator[dict[str, Any]]:
         meta = sample.meta

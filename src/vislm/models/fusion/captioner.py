@@ -12,7 +12,9 @@ import torch.nn as nn
 from vislm.errors import ConfigError
 from vislm.generation import decode
 from vislm.models.fusion.common import build_towers, projection
+from vislm.models.kv_cache import StaticKV, reorder_static, static_cache
 from vislm.objectives.lm import lm_loss
+from vislm.objectives.lm_head_loss import lm_loss_from_hidden
 from vislm.registry import FUSIONS, TEXT_MODELS, VISION_ENCODERS
 
 
@@ -30,9 +32,15 @@ class Captioner(nn.Module):
         return self.image_proj(self.vision(pixel_values))
 
     def forward(self, batch: dict) -> dict:
-        logits, _ = self.text(batch["input_ids"], batch["attention_mask"],
-                              self.image_tokens(batch["pixel_values"]))
-        loss = lm_loss(logits, batch["input_ids"], batch["attention_mask"])
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        tokens = self.image_tokens(batch["pixel_values"])
+        head = getattr(self.text, "lm_head", None)
+        if isinstance(head, nn.Linear) and head.bias is None:
+            # The same loss without the (B, T, V) logits: see objectives/lm_head_loss.py.
+            loss = lm_loss_from_hidden(self.text.encode(ids, mask, tokens), head.weight, ids, mask)
+        else:
+            logits, _ = self.text(ids, mask, tokens)
+            loss = lm_loss(logits, ids, mask)
         return {"loss": loss, "lm_loss": loss}
 
     @torch.no_grad()
@@ -41,13 +49,16 @@ class Captioner(nn.Module):
                  return_logits: bool = False, *, num_beams: int = 1,
                  length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, generator: Optional[torch.Generator] = None):
+                 top_p: float = 1.0, generator: Optional[torch.Generator] = None,
+                 static_kv: bool = True):
         """Captions (B, S <= max_new_tokens), BOS excluded, EOS kept, pad after.
 
         Greedy by default; num_beams > 1 (or no_repeat_ngram_size > 0) runs beam search,
         do_sample=True samples (see vislm.generation for the options). return_logits is
         greedy only. S is also capped at the decoder's max_len: it never saw longer
-        captions. Runs in whatever mode the model is in; call .eval() first.
+        captions. static_kv=False grows the KV cache by concatenation instead of writing
+        into pre-allocated buffers (same tokens; see vislm.models.kv_cache). Runs in
+        whatever mode the model is in; call .eval() first.
         """
         if do_sample and (num_beams > 1 or no_repeat_ngram_size > 0):
             raise ValueError("do_sample cannot be combined with num_beams > 1 or "
@@ -68,6 +79,8 @@ class Captioner(nn.Module):
             tokens = tokens.repeat_interleave(num_beams, dim=0)
 
             def reorder(past, beam_idx):
+                if isinstance(past[0][0], StaticKV):
+                    return reorder_static(past, beam_idx)
                 # Beams never move to another image and all beams of an image hold the same
                 # image keys/values: only the self-attention cache needs reordering.
                 return tuple((k.index_select(0, beam_idx), v.index_select(0, beam_idx), ck, cv)
@@ -82,12 +95,16 @@ class Captioner(nn.Module):
             raise ValueError(f"return_logits is only supported by greedy decoding, "
                              f"not {strategy}")
 
+        prompt = torch.full((pixel_values.size(0), 1), bos_id, dtype=torch.long,
+                            device=pixel_values.device)
+        capacity = prompt.size(1) + options["max_new_tokens"]
+
         def step(input_ids, past, use_cache):
+            if past is None and use_cache and static_kv:
+                past = static_cache(len(self.text.blocks), capacity)
             # With a cache, cross-attention reuses the image keys/values it holds.
             return self.text(input_ids, image_tokens=tokens, past=past, use_cache=use_cache)
 
-        prompt = torch.full((pixel_values.size(0), 1), bos_id, dtype=torch.long,
-                            device=pixel_values.device)
         return decode(step, prompt, strategy, **options)
 
 

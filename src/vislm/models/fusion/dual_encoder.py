@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vislm.models.fusion.common import build_towers, default_pool, pool
-from vislm.objectives.itc import itc_loss
+from vislm.objectives.itc import distributed_itc_loss
 from vislm.registry import FUSIONS, TEXT_MODELS, VISION_ENCODERS
 
 
@@ -43,7 +43,10 @@ class DualEncoder(nn.Module):
     def forward(self, batch: dict) -> dict:
         image_emb = self.encode_image(batch["pixel_values"])
         text_emb = self.encode_text(batch["input_ids"], batch["attention_mask"])
-        loss = itc_loss(image_emb, text_emb, self.scale(), batch.get("image_ids"))
+        # Under DDP every process scores its rows against the texts and images of all of
+        # them: the negatives of the global batch, not only of the local one. One process:
+        # exactly itc_loss.
+        loss = distributed_itc_loss(image_emb, text_emb, self.scale(), batch.get("image_ids"))
         return {"loss": loss, "itc_loss": loss}
 
 

@@ -34,6 +34,7 @@ class TextOnlyVQA(nn.Module):
     def __init__(self, num_answers: int, text: str = "encoder", text_kwargs: Optional[dict] = None,
                  text_pool: Optional[str] = None, **_ignored_vision):
         super().__init__()
+        self.num_answers = num_answers
         self.text = _text_model(text, text_kwargs)
         self.text_pool = text_pool or default_pool(self.text)
         dim = self.text.dim

@@ -1,0 +1,70 @@
+"""What the numbers were measured on: the CPU, the software, the load, and the GEMM peak
+that MFU divides by (measured in the same process, not taken from a spec sheet)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+
+import torch
+
+from vislm.bench.timing import best_of
+
+
+def _lscpu() -> dict:
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def _cpu_flags() -> list:
+    """The vector extensions that decide the matmul kernels (AVX-512, bf16, AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+                    return [flag for flag in wanted if flag in flags]
+    except OSError:
+        pass
+    return []
+
+
+def describe() -> dict:
+    import transformers
+
+    cpu = _lscpu()
+    return {
+        "cpu": cpu.get("Model name") or platform.processor() or "unknown",
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads_per_core": cpu.get("Thread(s) per core", "?"),
+        "cpu_flags": _cpu_flags(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def gemm_peak(size: int = 2048, repeats: int = 5) -> dict:
+    """GFLOP/s of one large square matmul per dtype: the best of `repeats` (the least
+    disturbed run is the closest to what the hardware can do)."""
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        a @ b  # kernel selection and first-touch of the output
+        seconds = best_of(lambda: a @ b, repeats)
+        peaks[name] = 2 * size ** 3 / seconds / 1e9
+    return peaks

@@ -1,0 +1,238 @@
+"""The headline numbers, the goals, and BENCHMARKS.md, all from the results dict.
+
+Ratios are vislm / peer throughput from one process run, interleaved; MFU is a fraction
+of the GEMM peak measured by the same run. Nothing here measures anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PAIR_NAMES = {"dual": "dual encoder (ViT + text encoder, ITC)",
+              "caption": "captioner (ViT + causal decoder with cross-attention, LM loss)"}
+PEERS = {"dual": "VisionTextDualEncoderModel (ViT + BERT)",
+         "caption": "VisionEncoderDecoderModel (ViT + GPT-2, cross-attention)"}
+
+
+# -----------------------------------------------------------------------------
+# Headline keys and goals
+
+def headline(results: dict) -> dict:
+    """Flat top-level keys of bench.json (only for the sections that ran)."""
+    out = {}
+    for key, row in results.get("train", {}).items():
+        pair, precision = key.split("_")
+        out[f"train_ratio_{pair}_{precision}"] = row["ratio"]
+        out[f"mfu_{precision}_{pair}"] = row["vislm_mfu"]
+        out[f"peer_mfu_{precision}_{pair}"] = row["peer_mfu"]
+        out[f"train_samples_per_s_{pair}_{precision}"] = row["vislm_samples_per_s"]
+    for batch, row in results.get("generate", {}).items():
+        for strategy in ("greedy", "beam"):
+            out[f"gen_ratio_{strategy}_{batch}"] = row[f"ratio_{strategy}"]
+            out[f"gen_tokens_per_s_{strategy}_{batch}"] = row[f"vislm_{strategy}_tokens_per_s"]
+    if "retrieval" in results:
+        out["retrieval_eval_seconds"] = results["retrieval"]["score"]["seconds"]
+        faiss = results["retrieval"]["faiss"]
+        if "single_query_ms" in faiss:
+            out["faiss_single_query_ms"] = faiss["single_query_ms"]
+            out["faiss_batch_ms_per_query"] = faiss["batch_ms_per_query"]
+    if "data" in results:
+        for name in ("workers0", "workers2", "cached"):
+            out[f"data_pairs_per_s_{name}"] = results["data"][f"{name}_pairs_per_s"]
+    for key, row in results.get("memory", {}).items():
+        for lib in ("vislm", "peer"):
+            if "peak_delta_mb" in row[lib]:
+                out[f"peak_mb_{key}_{lib}"] = row[lib]["peak_delta_mb"]
+    if "compile" in results:
+        out["compile_speedup"] = results["compile"]["speedup"]
+        out["compile_seconds"] = results["compile"]["compile_seconds"]
+    return out
+
+
+# (key, description, target, higher is better)
+GOALS = [
+    ("train_ratio_dual_bf16", "dual encoder training, bf16, vs HF", 2.0, True),
+    ("train_ratio_caption_bf16", "captioner training, bf16, vs HF", 2.0, True),
+    ("train_ratio_dual_fp32", "dual encoder training, fp32, vs HF", 1.3, True),
+    ("train_ratio_caption_fp32", "captioner training, fp32, vs HF", 1.3, True),
+    ("gen_ratio_greedy_b16", "cached greedy decoding, batch 16, vs generate", 2.0, True),
+    ("mfu_bf16_dual", "dual encoder bf16 MFU (of the bf16 GEMM peak)", 0.40, True),
+    ("retrieval_eval_seconds", "retrieval eval 5,000 x 25,000 (s)", 5.0, False),
+]
+
+
+def goals(results: dict) -> list:
+    rows = []
+    for key, what, target, higher in GOALS:
+        if key not in results:
+            continue
+        value = results[key]
+        rows.append({"key": key, "goal": what, "target": target, "value": value,
+                     "met": value >= target if higher else value < target})
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# Markdown
+
+def _table(header: list, rows: list) -> list:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _f(value, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _machine(results: dict) -> list:
+    m = results["machine"]
+    load = m.get("load_average_at_start"), m.get("load_average_at_end")
+    busy = any(l and l[0] > 0.5 * m["cores"] for l in load)
+    lines = [
+        f"- CPU: {m['cpu']}, {m['cores']} cores ({m['threads_per_core']} thread(s) per core), "
+        f"flags: {', '.join(m['cpu_flags']) or 'none of note'}",
+        f"- torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}, "
+        f"Python {m['python']}",
+        f"- GEMM peak measured in-process (2048^3 matmul, best of several): "
+        f"{_f(results['peak_gflops']['fp32'], 0)} GFLOP/s fp32, "
+        f"{_f(results['peak_gflops']['bf16'], 0)} GFLOP/s bf16",
+        f"- Load average (1 min) at start / end: {_f(load[0] and load[0][0], 2)} / "
+        f"{_f(load[1] and load[1][0], 2)}" + (
+            " — **the machine was shared with other jobs during this run**: absolute numbers "
+            "are low and noisy; the ratios (interleaved in one process) are the numbers to read."
+            if busy else ""),
+        f"- Date: {m['date']}; command: `{results['command']}`; "
+        f"total time {_f(results['total_seconds'], 0)} s",
+    ]
+    if results.get("quick"):
+        lines.append("- **--quick run: tiny sizes, not a measurement.**")
+    return lines + [""]
+
+
+def _train(results: dict) -> list:
+    s = results["sizes"]
+    lines = ["## Training throughput and MFU", "",
+             f"One optimizer step (forward, backward, fused AdamW) on a batch of "
+             f"{s['batch_size']}: ViT {s['depth']}x{s['dim']} on {s['image_size']}x"
+             f"{s['image_size']} images (patch {s['patch_size']}), text {s['depth']}x{s['dim']}, "
+             f"vocabulary {s['vocab_size']:,}, {s['seq_len']} tokens. Median of "
+             f"interleaved timed steps after warm-up. Peer = the faster of its `sdpa` and "
+             f"`eager` attention. MFU = counted FLOPs/s over the measured GEMM peak of the "
+             f"precision.", ""]
+    rows = []
+    for key, r in results["train"].items():
+        pair, precision = key.split("_")
+        rows.append([pair, precision, _f(r["vislm_samples_per_s"]), _f(r["hf_sdpa_samples_per_s"]),
+                     _f(r["hf_eager_samples_per_s"]), f"**{r['ratio']:.2f}x**",
+                     _pct(r["vislm_mfu"]), _pct(r["peer_mfu"]),
+                     f"{r['vislm_gflop_per_step']:.1f} / {r['peer_gflop_per_step']:.1f}",
+                     f"{r['vislm_params'] / 1e6:.1f}M / {r['peer_params'] / 1e6:.1f}M"])
+    lines += _table(["pair", "precision", "vislm samples/s", "HF sdpa", "HF eager", "ratio",
+                     "vislm MFU", "HF MFU", "GFLOP/step vislm / HF", "params vislm / HF"], rows)
+    lines += [f"- {pair}: vislm {PAIR_NAMES[pair]} vs `{PEERS[pair]}`" for pair in PAIR_NAMES]
+    return lines + [""]
+
+
+def _memory(results: dict) -> list:
+    rows = []
+    for key, r in results["memory"].items():
+        pair, precision = key.split("_")
+        cells = [r[lib].get("peak_delta_mb") for lib in ("vislm", "peer")]
+        rows.append([pair, precision, _f(cells[0], 0), _f(cells[1], 0)])
+    return (["## Peak memory of a training step", "",
+             "Resident-set growth over two training steps in a fresh subprocess (VmHWM after "
+             "a reset, minus VmRSS before the steps): activations, gradients, AdamW state.", ""]
+            + _table(["pair", "precision", "vislm MB", "HF MB"], rows))
+
+
+def _generate(results: dict) -> list:
+    rows = []
+    for batch, r in results["generate"].items():
+        rows.append([batch[1:], "greedy", _f(r["vislm_greedy_tokens_per_s"], 0),
+                     _f(r["vislm_greedy_concat_cache_tokens_per_s"], 0),
+                     f"{_f(r['peer_greedy_tokens_per_s'], 0)} ({r['peer_greedy_attention']})",
+                     f"**{r['ratio_greedy']:.2f}x**"])
+        rows.append([batch[1:], "beam 4", _f(r["vislm_beam_tokens_per_s"], 0), "",
+                     f"{_f(r['peer_beam_tokens_per_s'], 0)} ({r['peer_beam_attention']})",
+                     f"**{r['ratio_beam']:.2f}x**"])
+    return (["## Generation", "",
+             f"Tokens/s generating {results['sizes']['seq_len']} tokens per image (forced: no "
+             "early EOS), image encoding included; each library's own captioner of the "
+             "training size, random weights, fp32.", ""]
+            + _table(["batch", "strategy", "vislm (static KV cache)", "vislm (concat cache)",
+                      "transformers generate", "ratio"], rows))
+
+
+def _retrieval(results: dict) -> list:
+    r = results["retrieval"]
+    score, faiss = r["score"], r["faiss"]
+    lines = ["## Retrieval", "",
+             f"- Retrieval evaluation of {score['images']:,} images x {score['captions']:,} "
+             f"captions (D={score['dim']}, all R@K both ways, ranks): "
+             f"**{score['seconds']:.2f} s**", ""]
+    if "single_query_ms" in faiss:
+        lines += [f"- FAISS IndexFlatIP, {faiss['index_size']:,} vectors (D={faiss['dim']}), "
+                  f"top {faiss['top_k']}, {faiss['faiss_threads']} threads: "
+                  f"{faiss['single_query_ms']:.2f} ms per query alone; "
+                  f"{faiss['batch_ms']:.0f} ms for a batch of {faiss['batch_queries']:,} "
+                  f"({faiss['batch_ms_per_query']:.3f} ms per query); index built in "
+                  f"{faiss['build_seconds']:.2f} s", ""]
+    else:
+        lines += [f"- FAISS: {faiss['skipped']}", ""]
+    return lines
+
+
+def _data(results: dict) -> list:
+    d = results["data"]
+    rows = [["0 workers, decode every image", _f(d["workers0_pairs_per_s"], 0)],
+            ["2 workers, decode every image", _f(d["workers2_pairs_per_s"], 0)],
+            ["0 workers, ImageCache (decoded once)", _f(d["cached_pairs_per_s"], 0)]]
+    return (["## Data loading", "",
+             f"Image-caption pairs per second through PNG decode, transform, tokenisation and "
+             f"collation (batch {d['batch_size']}, {d['pairs']:,} pairs of a shapes world of "
+             f"{d['images']} images, worker start-up included).", ""]
+            + _table(["pipeline", "pairs/s"], rows))
+
+
+def _compile(results: dict) -> list:
+    c = results["compile"]
+    pays = c["break_even_steps"] is not None and c["speedup"] > 1.05
+    verdict = (f"pays after about {c['break_even_steps']:.0f} steps" if pays else
+               "does **not** pay on this CPU: the trainer does not compile")
+    return ["## torch.compile", "",
+            f"Dual encoder, {c['precision']} training step: eager "
+            f"{_f(c['eager_samples_per_s'])} samples/s, compiled "
+            f"{_f(c['compiled_samples_per_s'])} samples/s ({c['speedup']:.2f}x), compile time "
+            f"{c['compile_seconds']:.0f} s (first step {c['first_step_seconds']:.0f} s). "
+            f"It {verdict}.", ""]
+
+
+def _goals(results: dict) -> list:
+    rows = [[g["goal"], ("< " if g["key"].startswith("retrieval") else ">= ") + str(g["target"]),
+             _f(g["value"], 2), "yes" if g["met"] else "**no**"] for g in results["goals"]]
+    return ["## Goals", ""] + _table(["goal", "target", "reached", "met"], rows)
+
+
+def write_markdown(results: dict, path: Path) -> Path:
+    from vislm.bench.notes import notes
+
+    lines = ["# Benchmarks", "",
+             "Written by `vislm bench` (src/vislm/bench); every number below comes from the "
+             "run described here. vislm and Hugging Face transformers run side by side in one "
+             "process, interleaved step by step.", ""]
+    lines += _machine(results)
+    if results.get("goals"):
+        lines += _goals(results)
+    for name, section in (("train", _train), ("memory", _memory), ("generate", _generate),
+                          ("retrieval", _retrieval), ("data", _data), ("compile", _compile)):
+        if name in results:
+            lines += section(results)
+    lines += notes(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,51 @@
+"""Timing that survives a shared machine: contenders run interleaved, one call each per
+round, so a burst of load from another process slows every contender of that round
+instead of skewing one of them; each reports the median of its timed rounds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Dict
+
+
+def interleaved(contenders: Dict[str, Callable[[], object]], rounds: int,
+                warmup: int = 1) -> Dict[str, float]:
+    """Median seconds per call of each contender over `rounds` timed rounds.
+
+    The first `warmup` rounds are not timed (allocator, oneDNN kernel selection, lazy
+    optimizer state). The order rotates every round, so nobody always runs right after
+    the same neighbour (caches, memory freed by the previous one).
+    """
+    names = list(contenders)
+    times: Dict[str, list] = {name: [] for name in names}
+    for round_index in range(warmup + rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            contenders[name]()
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """Fastest of `repeats` calls, in seconds: for a kernel's peak, the least disturbed run."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def median_of(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of `repeats` calls (after one untimed call)."""
+    fn()
+    values = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        values.append(time.perf_counter() - start)
+    return statistics.median(values)

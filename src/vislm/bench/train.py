@@ -1,0 +1,76 @@
+"""Training throughput and MFU: vislm against its Hugging Face peer, per pair and precision.
+
+The peer runs twice, with attn_implementation "sdpa" and "eager", interleaved with vislm,
+and the faster one is the peer's number: the ratio then compares the models, not a slow
+default. vislm trains as the Trainer runs it: for bf16 the trainer's attention choice
+(vislm.train.precision) applies.
+
+MFU = model FLOPs per step (FlopCounterMode, forward + backward) x steps per second /
+the GEMM peak of the same dtype measured in this process (vislm.bench.machine).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+
+from vislm.bench import models as M
+from vislm.bench.timing import interleaved
+from vislm.train.precision import attention_for_precision
+
+PEER_ATTENTION = ("sdpa", "eager")
+
+
+def _parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_pair(pair: str, precision: str, sizes: M.Sizes, rounds: int, warmup: int,
+             peaks: Dict[str, float]) -> dict:
+    torch.manual_seed(0)
+    ours = M.vislm_model(pair, sizes)
+    peers = {attn: M.peer_model(pair, sizes, attn) for attn in PEER_ATTENTION}
+    data = M.batch(sizes)
+    with attention_for_precision(ours, precision):
+        steps = {"vislm": M.train_step("vislm", pair, ours, data, precision)}
+        for attn, model in peers.items():
+            steps[f"hf_{attn}"] = M.train_step("hf", pair, model, data, precision)
+        seconds = interleaved(steps, rounds, warmup)
+        flops_ours = M.count_flops("vislm", pair, ours, data, precision)
+    best = min(PEER_ATTENTION, key=lambda attn: seconds[f"hf_{attn}"])
+    flops_peer = M.count_flops("hf", pair, peers[best], data, precision)
+
+    def rate(name: str) -> float:
+        return sizes.batch_size / seconds[name]
+
+    peak = peaks[precision] * 1e9
+    result = {
+        "vislm_samples_per_s": rate("vislm"),
+        **{f"hf_{attn}_samples_per_s": rate(f"hf_{attn}") for attn in PEER_ATTENTION},
+        "peer_attention": best,
+        "peer_samples_per_s": rate(f"hf_{best}"),
+        "ratio": rate("vislm") / rate(f"hf_{best}"),
+        "vislm_gflop_per_step": flops_ours / 1e9,
+        "peer_gflop_per_step": flops_peer / 1e9,
+        "vislm_mfu": flops_ours / seconds["vislm"] / peak,
+        "peer_mfu": flops_peer / seconds[f"hf_{best}"] / peak,
+        "vislm_params": _parameters(ours),
+        "peer_params": _parameters(peers[best]),
+    }
+    return result
+
+
+def run(sizes: M.Sizes, rounds: int, warmup: int, peaks: Dict[str, float],
+        precisions: Sequence[str] = ("fp32", "bf16"), pairs: Sequence[str] = M.PAIRS,
+        log=print) -> dict:
+    results = {}
+    for precision in precisions:
+        for pair in pairs:
+            key = f"{pair}_{precision}"
+            results[key] = run_pair(pair, precision, sizes, rounds, warmup, peaks)
+            r = results[key]
+            log(f"train {key}: vislm {r['vislm_samples_per_s']:.1f}/s, peer "
+                f"({r['peer_attention']}) {r['peer_samples_per_s']:.1f}/s, "
+                f"ratio {r['ratio']:.2f}, MFU {r['vislm_mfu']:.1%}")
+    return results

@@ -1,0 +1,38 @@
+"""`vislm bench --quick`: every section runs end to end and the report is written."""
+
+import json
+
+import pytest
+
+from vislm.bench.cli import SECTION_NAMES
+from vislm.bench.runner import SECTIONS, run_bench
+from vislm.cli import main
+
+
+def test_section_names_agree():
+    assert SECTION_NAMES == SECTIONS
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_the_json_keys_and_the_markdown(tmp_path, capsys):
+    assert main(["bench", "--out", str(tmp_path), "--quick"]) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())
+    for key in ("train_ratio_dual_fp32", "train_ratio_dual_bf16", "train_ratio_caption_fp32",
+                "train_ratio_caption_bf16", "gen_ratio_greedy_b16", "mfu_bf16_dual", "mfu_fp32_dual",
+                "retrieval_eval_seconds", "data_pairs_per_s_workers2", "peak_mb_dual_fp32_vislm"):
+        assert isinstance(results[key], float) and results[key] > 0, key
+    assert results["quick"] and results["machine"]["torch"]
+    assert {g["key"] for g in results["goals"]} >= {"train_ratio_dual_bf16", "gen_ratio_greedy_b16"}
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    for heading in ("## Goals", "## Training throughput", "## Peak memory", "## Generation",
+                    "## Retrieval", "## Data loading"):
+        assert heading in report
+    assert "vislm bench --out" in report
+
+
+def test_only_runs_the_named_sections(tmp_path):
+    results = run_bench(tmp_path, quick=True, only=["retrieval"], log=lambda _: None)
+    assert "retrieval" in results and "train" not in results
+    assert "retrieval_eval_seconds" in json.loads((tmp_path / "bench.json").read_text())
+    with pytest.raises(ValueError, match="unknown bench section"):
+        run_bench(tmp_path, quick=True, only=["nope"])
