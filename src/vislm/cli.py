@@ -37,6 +37,12 @@ def _finetune(args) -> None:
     _train(args)
 
 
+def _lit(args) -> None:
+    from vislm.tasks.lit import run_lit_comparison
+
+    print(json.dumps(run_lit_comparison(args.out, args.data, quick=args.quick, overrides=args.overrides), indent=2))
+
+
 def _demo(args) -> None:
     from vislm.demo import run_demo
 
@@ -102,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", required=True, help="run directory")
     finetune.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     finetune.set_defaults(func=_finetune)
+
+    lit = commands.add_parser("lit", help="locked MiniLM text tower vs one trained from scratch, zero-shot retrieval")
+    lit.add_argument("overrides", nargs="*", help="dotted overrides of configs/lit_minilm.yaml, e.g. train.max_steps=600")
+    lit.add_argument("--out", required=True, help="output directory")
+    lit.add_argument("--data", default="data/shapes", help="shapes world directory")
+    lit.add_argument("--quick", action="store_true", help="a few steps, for smoke tests")
+    lit.set_defaults(func=_lit)
 
     demo = commands.add_parser("demo", help="train a captioner, a dual encoder and a VQA model on the shapes world")
     demo.add_argument("--out", required=True, help="output directory")
