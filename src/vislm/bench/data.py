@@ -36,6 +36,20 @@ def _pass(dataset, collate, batch_size: int, workers: int) -> float:
     return pairs / (time.perf_counter() - start)
 
 
+def _padding(records, tokenizer, s: DataSizes) -> dict:
+    """Share of padded token slots per epoch, random batches vs length-bucketed ones
+    (train.length_bucketing), with the real token counts of the captions."""
+    from vislm.data.bucketing import bucketed_batches, padding_fraction
+    from vislm.train.trainer import epoch_batches
+
+    # In CaptionPairs' order: every caption of every record.
+    lengths = [len(tokenizer.encode_one(c, s.max_len)) for r in records for c in r.captions]
+    plain = epoch_batches(len(lengths), s.batch_size, 1, seed=0, epoch=0)
+    bucketed = bucketed_batches(lengths, s.batch_size, 1, seed=0)
+    return {"padding_fraction_random": padding_fraction(lengths, plain),
+            "padding_fraction_bucketed": padding_fraction(lengths, bucketed)}
+
+
 def run(s: DataSizes, log=print) -> dict:
     from vislm.data.collate import CaptionCollator
     from vislm.data.datasets import CaptionPairs, ImageCache, load_shapes_split
@@ -58,6 +72,7 @@ def run(s: DataSizes, log=print) -> dict:
         _pass(plain, collate, s.batch_size, 0)
         for workers in (0, 2):
             result[f"workers{workers}_pairs_per_s"] = _pass(plain, collate, s.batch_size, workers)
+        result.update(_padding(records, tokenizer, s))
         cache = ImageCache().preload([r.image_path for r in records], transform)
         cached = CaptionPairs(records, transform, cache)
         result["cached_pairs_per_s"] = _pass(cached, collate, s.batch_size, 0)

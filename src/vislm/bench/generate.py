@@ -43,7 +43,25 @@ def _contenders(ours, peers: dict, pixels: torch.Tensor, new_tokens: int, sizes:
     return contenders
 
 
-def run(sizes: M.Sizes, rounds: int, batch_sizes: Sequence[int] = (1, 16), log=print) -> dict:
+def _greedy_gflop(ours, pixels: torch.Tensor, new_tokens: int, never: int) -> float:
+    """FLOPs of one greedy generate call (image encoding included): its floor at the peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # The counter's module tracking trips over parameters that require grad under no_grad.
+    flags = [p.requires_grad for p in ours.parameters()]
+    ours.requires_grad_(False)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            ours.generate(pixels, new_tokens, bos_id=M.BOS_ID, eos_id=never)
+    finally:
+        for p, flag in zip(ours.parameters(), flags):
+            p.requires_grad_(flag)
+    return counter.get_total_flops() / 1e9
+
+
+def run(sizes: M.Sizes, rounds: int, batch_sizes: Sequence[int] = (1, 16),
+        peak_fp32: float | None = None, log=print) -> dict:
     torch.manual_seed(0)
     ours = M.vislm_model("caption", sizes).eval()
     peers = {attn: M.peer_model("caption", sizes, attn).eval() for attn in ("sdpa", "eager")}
@@ -61,6 +79,12 @@ def run(sizes: M.Sizes, rounds: int, batch_sizes: Sequence[int] = (1, 16), log=p
             row[f"peer_{strategy}_attention"] = best
             row[f"peer_{strategy}_tokens_per_s"] = rate[f"hf_{best}_{strategy}"]
             row[f"ratio_{strategy}"] = rate[f"vislm_{strategy}"] / rate[f"hf_{best}_{strategy}"]
+        row["greedy_gflop"] = _greedy_gflop(ours, pixels, new_tokens, sizes.vocab_size)
+        if peak_fp32:
+            # The fastest any decoder doing these FLOPs could go (at the fp32 GEMM peak),
+            # over the peer's measured speed.
+            floor = row["greedy_gflop"] / peak_fp32
+            row["greedy_ceiling_ratio"] = seconds[f"hf_{row['peer_greedy_attention']}_greedy"] / floor
         results[f"b{batch}"] = row
         log(f"generate b{batch}: greedy {rate['vislm_greedy']:.0f} vs "
             f"{row['peer_greedy_tokens_per_s']:.0f} tok/s ({row['ratio_greedy']:.2f}x), "

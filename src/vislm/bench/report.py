@@ -20,7 +20,7 @@ PEERS = {"dual": "VisionTextDualEncoderModel (ViT + BERT)",
 def headline(results: dict) -> dict:
     """Flat top-level keys of bench.json (only for the sections that ran)."""
     out = {}
-    for key, row in results.get("train", {}).items():
+    for key, row in _pairs(results.get("train", {})):
         pair, precision = key.split("_")
         out[f"train_ratio_{pair}_{precision}"] = row["ratio"]
         out[f"mfu_{precision}_{pair}"] = row["vislm_mfu"]
@@ -43,10 +43,18 @@ def headline(results: dict) -> dict:
         for lib in ("vislm", "peer"):
             if "peak_delta_mb" in row[lib]:
                 out[f"peak_mb_{key}_{lib}"] = row[lib]["peak_delta_mb"]
+    if "frozen_vision" in results.get("train", {}):
+        out["frozen_vision_cache_speedup"] = results["train"]["frozen_vision"]["speedup"]
     if "compile" in results:
         out["compile_speedup"] = results["compile"]["speedup"]
-        out["compile_seconds"] = results["compile"]["compile_seconds"]
+        out["compile_seconds_cold"] = results["compile"]["cold_compile_seconds"]
+        out["compile_seconds_warm"] = results["compile"]["warm_compile_seconds"]
     return out
+
+
+def _pairs(train: dict) -> list:
+    """The (pair_precision, row) entries of the train section, without extra rows."""
+    return [(key, row) for key, row in train.items() if key != "frozen_vision"]
 
 
 # (key, description, target, higher is better)
@@ -98,7 +106,7 @@ def _machine(results: dict) -> list:
         f"flags: {', '.join(m['cpu_flags']) or 'none of note'}",
         f"- torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}, "
         f"Python {m['python']}",
-        f"- GEMM peak measured in-process (2048^3 matmul, best of several): "
+        f"- GEMM peak measured in-process (1024^3 and 2048^3 matmuls, best of several): "
         f"{_f(results['peak_gflops']['fp32'], 0)} GFLOP/s fp32, "
         f"{_f(results['peak_gflops']['bf16'], 0)} GFLOP/s bf16",
         f"- Load average (1 min) at start / end: {_f(load[0] and load[0][0], 2)} / "
@@ -109,6 +117,10 @@ def _machine(results: dict) -> list:
         f"- Date: {m['date']}; command: `{results['command']}`; "
         f"total time {_f(results['total_seconds'], 0)} s",
     ]
+    if busy and m["torch_threads"] < m["cores"]:
+        lines.append(f"- Run with {m['torch_threads']} torch thread(s) of {m['cores']} cores: while "
+                     f"other jobs hold a core, multi-threaded kernels stall at every "
+                     f"synchronisation and their timings stop meaning anything.")
     if results.get("quick"):
         lines.append("- **--quick run: tiny sizes, not a measurement.**")
     return lines + [""]
@@ -125,7 +137,7 @@ def _train(results: dict) -> list:
              f"`eager` attention. MFU = counted FLOPs/s over the measured GEMM peak of the "
              f"precision.", ""]
     rows = []
-    for key, r in results["train"].items():
+    for key, r in _pairs(results["train"]):
         pair, precision = key.split("_")
         rows.append([pair, precision, _f(r["vislm_samples_per_s"]), _f(r["hf_sdpa_samples_per_s"]),
                      _f(r["hf_eager_samples_per_s"]), f"**{r['ratio']:.2f}x**",
@@ -135,6 +147,13 @@ def _train(results: dict) -> list:
     lines += _table(["pair", "precision", "vislm samples/s", "HF sdpa", "HF eager", "ratio",
                      "vislm MFU", "HF MFU", "GFLOP/step vislm / HF", "params vislm / HF"], rows)
     lines += [f"- {pair}: vislm {PAIR_NAMES[pair]} vs `{PEERS[pair]}`" for pair in PAIR_NAMES]
+    frozen = results["train"].get("frozen_vision")
+    if frozen:
+        lines += ["", f"Frozen vision tower ({frozen['precision']} captioner, ViT frozen): "
+                  f"{_f(frozen['uncached_samples_per_s'])} samples/s running the tower every step, "
+                  f"{_f(frozen['cached_samples_per_s'])} samples/s with its tokens cached "
+                  f"(vislm.models.frozen_cache; every epoch after the first): "
+                  f"**{frozen['speedup']:.2f}x**."]
     return lines + [""]
 
 
@@ -187,6 +206,20 @@ def _retrieval(results: dict) -> list:
     return lines
 
 
+def _keeps_busy(results: dict) -> list:
+    rates = [r["vislm_samples_per_s"] for _, r in _pairs(results.get("train", {}))]
+    if not rates:
+        return []
+    d = results["data"]
+    supply = max(d["workers0_pairs_per_s"], d["workers2_pairs_per_s"])
+    verdict = ("so data loading does not hold training back here" if supply > max(rates) else
+               "so decoding every epoch would hold training back: keep the ImageCache on")
+    return [f"The fastest training step above consumes {max(rates):,.0f} samples/s; the "
+            f"loader supplies {supply:,.0f} pairs/s decoding every image "
+            f"({supply / max(rates):.1f}x that) and {d['cached_pairs_per_s']:,.0f} from the "
+            f"cache, {verdict}.", ""]
+
+
 def _data(results: dict) -> list:
     d = results["data"]
     rows = [["0 workers, decode every image", _f(d["workers0_pairs_per_s"], 0)],
@@ -196,20 +229,41 @@ def _data(results: dict) -> list:
              f"Image-caption pairs per second through PNG decode, transform, tokenisation and "
              f"collation (batch {d['batch_size']}, {d['pairs']:,} pairs of a shapes world of "
              f"{d['images']} images, worker start-up included).", ""]
-            + _table(["pipeline", "pairs/s"], rows))
+            + _table(["pipeline", "pairs/s"], rows)
+            + _keeps_busy(results)
+            + [f"Padding per epoch with these captions (share of padded token slots): "
+               f"{_pct(d['padding_fraction_random'])} in random batches, "
+               f"{_pct(d['padding_fraction_bucketed'])} with `train.length_bucketing` "
+               f"(vislm.data.bucketing).", ""])
+
+
+# A typical run, to judge whether compiling pays: 10 epochs of the default shapes world
+# (4,000 images x 5 captions) at batch 64.
+TYPICAL_RUN_STEPS = 10 * 4000 * 5 // 64
 
 
 def _compile(results: dict) -> list:
     c = results["compile"]
-    pays = c["break_even_steps"] is not None and c["speedup"] > 1.05
-    verdict = (f"pays after about {c['break_even_steps']:.0f} steps" if pays else
-               "does **not** pay on this CPU: the trainer does not compile")
+
+    def verdict(kind: str) -> str:
+        even = c[f"{kind}_break_even_steps"]
+        if even is None:
+            return "never pays back (the compiled step is no faster)"
+        pays = "pays back" if even < TYPICAL_RUN_STEPS else "does not pay back"
+        return f"{pays} its compile time in a typical run ({even:,.0f} steps to break even)"
+
     return ["## torch.compile", "",
             f"Dual encoder, {c['precision']} training step: eager "
             f"{_f(c['eager_samples_per_s'])} samples/s, compiled "
-            f"{_f(c['compiled_samples_per_s'])} samples/s ({c['speedup']:.2f}x), compile time "
-            f"{c['compile_seconds']:.0f} s (first step {c['first_step_seconds']:.0f} s). "
-            f"It {verdict}.", ""]
+            f"{_f(c['compiled_samples_per_s'])} samples/s (**{c['speedup']:.2f}x**). Compile time "
+            f"{c['cold_compile_seconds']:.0f} s cold (first run on a machine) and "
+            f"{c['warm_compile_seconds']:.0f} s warm (Inductor's on-disk cache filled). A typical "
+            f"run is {TYPICAL_RUN_STEPS:,} steps (10 epochs of the 4,000-image shapes world, "
+            f"batch 64). Cold, compiling {verdict('cold')}; warm, it {verdict('warm')}. The "
+            f"trainer does not compile: "
+            + ("the gain per step is small on this CPU, and " if c["speedup"] < 1.2 else "")
+            + "the trainer's batches are padded per batch, so every new caption length would "
+            "compile again.", ""]
 
 
 def _goals(results: dict) -> list:

@@ -45,7 +45,7 @@ class Plan:
     data: data_bench.DataSizes
 
 
-FULL = Plan(M.FULL, train_rounds=5, train_warmup=2, generate_rounds=5, compile_rounds=5,
+FULL = Plan(M.FULL, train_rounds=7, train_warmup=2, generate_rounds=5, compile_rounds=5,
             repeats=3, peak_size=2048, retrieval=retrieval_bench.FULL, data=data_bench.FULL)
 QUICK = Plan(M.QUICK, train_rounds=2, train_warmup=1, generate_rounds=1, compile_rounds=2,
              repeats=1, peak_size=256, retrieval=retrieval_bench.QUICK, data=data_bench.QUICK)
@@ -98,7 +98,8 @@ def _run_section(name: str, plan: Plan, results: dict, log) -> dict:
     if name == "memory":
         from vislm.bench import memory
 
-        attention = {key: row["peer_attention"] for key, row in results.get("train", {}).items()}
+        attention = {key: row["peer_attention"] for key, row in results.get("train", {}).items()
+                     if "peer_attention" in row}
         # A subprocess per benchmark costs seconds of start-up: a smoke test measures one.
         pairs, precisions = (("dual",), ("fp32",)) if plan is QUICK else (M.PAIRS, ("fp32", "bf16"))
         return memory.run(plan.sizes, torch.get_num_threads(), attention, log=log,
@@ -106,7 +107,8 @@ def _run_section(name: str, plan: Plan, results: dict, log) -> dict:
     if name == "generate":
         from vislm.bench import generate
 
-        return generate.run(plan.sizes, plan.generate_rounds, log=log)
+        return generate.run(plan.sizes, plan.generate_rounds,
+                            peak_fp32=results["peak_gflops"]["fp32"], log=log)
     if name == "retrieval":
         return retrieval_bench.run(plan.retrieval, plan.repeats, log=log)
     if name == "data":

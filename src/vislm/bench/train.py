@@ -17,6 +17,7 @@ import torch
 
 from vislm.bench import models as M
 from vislm.bench.timing import interleaved
+from vislm.models.frozen_cache import cache_frozen_outputs
 from vislm.train.precision import attention_for_precision
 
 PEER_ATTENTION = ("sdpa", "eager")
@@ -55,10 +56,34 @@ def run_pair(pair: str, precision: str, sizes: M.Sizes, rounds: int, warmup: int
         "peer_gflop_per_step": flops_peer / 1e9,
         "vislm_mfu": flops_ours / seconds["vislm"] / peak,
         "peer_mfu": flops_peer / seconds[f"hf_{best}"] / peak,
+        # What vislm would reach running its FLOPs at the GEMM peak, against this peer.
+        "ceiling_ratio": seconds[f"hf_{best}"] * peak / flops_ours,
         "vislm_params": _parameters(ours),
         "peer_params": _parameters(peers[best]),
     }
     return result
+
+
+def run_frozen_vision(sizes: M.Sizes, rounds: int, warmup: int, precision: str = "bf16") -> dict:
+    """The captioner with a frozen ViT, its tokens recomputed every step or taken from
+    the cache of frozen outputs (vislm.models.frozen_cache) as from the second epoch on:
+    the first (warm-up) round fills the cache."""
+    torch.manual_seed(0)
+    plain = M.vislm_model("caption", sizes)
+    cached = M.vislm_model("caption", sizes)
+    cached.load_state_dict(plain.state_dict())
+    for model in (plain, cached):
+        model.vision.requires_grad_(False)
+    cache = cache_frozen_outputs(cached.vision)
+    data = M.batch(sizes)
+    with attention_for_precision(plain, precision), attention_for_precision(cached, precision):
+        steps = {"plain": M.train_step("vislm", "caption", plain, data, precision),
+                 "cached": M.train_step("vislm", "caption", cached, data, precision)}
+        seconds = interleaved(steps, rounds, max(warmup, 1))
+    return {"precision": precision,
+            "uncached_samples_per_s": sizes.batch_size / seconds["plain"],
+            "cached_samples_per_s": sizes.batch_size / seconds["cached"],
+            "speedup": seconds["plain"] / seconds["cached"], "cache_hits": cache.hits}
 
 
 def run(sizes: M.Sizes, rounds: int, warmup: int, peaks: Dict[str, float],
@@ -73,4 +98,6 @@ def run(sizes: M.Sizes, rounds: int, warmup: int, peaks: Dict[str, float],
             log(f"train {key}: vislm {r['vislm_samples_per_s']:.1f}/s, peer "
                 f"({r['peer_attention']}) {r['peer_samples_per_s']:.1f}/s, "
                 f"ratio {r['ratio']:.2f}, MFU {r['vislm_mfu']:.1%}")
-    return results
+    frozen = run_frozen_vision(sizes, rounds, warmup)
+    log(f"train caption, frozen ViT: {frozen['speedup']:.2f}x with cached image tokens")
+    return {**results, "frozen_vision": frozen}

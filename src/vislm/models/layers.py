@@ -120,7 +120,8 @@ class SelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x, mask=None, causal=False, rope=None, past: Optional[KV] = None):
-        """Returns (output (B,T,C), (k, v) including `past`), keys already rotated."""
+        """Returns (output (B,T,C), (k, v) including `past`), keys already rotated; with a
+        static cache (vislm.models.kv_cache) `past` itself, its buffers filled in place."""
         q, k, v = self.qkv(x).split(x.size(-1), dim=2)
         q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
         if rope is not None:
