@@ -153,3 +153,16 @@ def test_pretrain_then_finetune_transfers_the_image_tower(world, tmp_path):
 def test_finetune_without_init_is_an_error(world, tmp_path):
     result = run_cli("finetune", "configs/finetune_vqa.yaml", f"data.root={world}", "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "init=RUN_DIR" in result.stderr
+
+
+def test_eval_rerank_reports_each_k(world, tmp_path, capsys):
+    tiny = ["model.vision_kwargs.dim=16", "model.vision_kwargs.widths=[8,16,16]", "model.text_kwargs.dim=16",
+            "model.fusion_kwargs.embed_dim=16", *QUICK]
+    assert main(["pretrain", "configs/pretrain.yaml", f"data.root={world}", *tiny, "--out", str(tmp_path / "pre")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "rerank", "--model", str(tmp_path / "pre" / "model"), "--k", "0", "1", "4"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["k"] for row in rows] == [0, 1, 4]
+    # Re-ranking one candidate changes nothing; every row says what it cost.
+    assert all(rows[1][key] == rows[0][key] for key in ("i2t_R@1", "t2i_R@1", "t2i_R@5"))
+    assert all(row["seconds"] > 0 for row in rows)

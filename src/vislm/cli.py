@@ -69,6 +69,21 @@ def _eval_vqa(args) -> None:
     print(json.dumps(eval_vqa_files(args.predictions, args.questions, args.annotations), indent=2))
 
 
+def _eval_rerank(args) -> None:
+    import vislm
+    from vislm.tasks import TASKS
+    from vislm.tasks.data import load_split
+    from vislm.tasks.rerank import rerank_tradeoff
+
+    loaded = vislm.load(args.model)
+    cfg = loaded.config
+    if args.data:
+        cfg.data.root = args.data
+    names = dict.fromkeys([cfg.data.train_split, args.split])
+    task = TASKS["retrieval"](cfg, loaded.tokenizer, {name: load_split(cfg.data, name) for name in names})
+    print(json.dumps(rerank_tradeoff(task, loaded.model, args.split, args.k), indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vislm", description="Visually-enhanced language modeling.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -139,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--questions", required=True, help="VQAv2 questions JSON")
     vqa.add_argument("--annotations", required=True, help="VQAv2 annotations JSON")
     vqa.set_defaults(func=_eval_vqa)
+    rerank = evaluate.add_parser("rerank", help="retrieval re-ranked by an ITM head: accuracy and time for each k")
+    rerank.add_argument("--model", required=True, help="a saved model with an ITM head (RUN/model of vislm pretrain)")
+    rerank.add_argument("--data", default=None, help="data root, if not the one the model was trained on")
+    rerank.add_argument("--split", default="test")
+    rerank.add_argument("--k", type=int, nargs="+", default=[0, 4, 16, 64], help="candidates re-ranked per query")
+    rerank.set_defaults(func=_eval_rerank)
     from vislm.bench.cli import add_bench_command  # vislm vs Hugging Face, BENCHMARKS.md
 
     add_bench_command(commands)
