@@ -1,6 +1,7 @@
 """`vislm compare` end to end on a tiny world, and the pieces it is built from."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,40 @@ def test_preset_parses():
     fusions = {strategy_model(cfg.base.model, s.model, s.name).fusion for s in cfg.strategies}
     assert {"early_vqa", "late_vqa", "captioner", "gated_captioner", "prefix_captioner"} <= fusions
     assert len(cfg.seeds) >= 3 and sum(s.baseline for s in cfg.strategies) == 2
+
+
+BACKBONE = """
+backbone: {task: retrieval, model: {fusion: dual_encoder}, train: {max_steps: 2}}
+"""
+
+
+def _yaml(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_backbone_starts_every_image_strategy_and_parallel_workers_give_the_same_rows(world, tmp_path):
+    config = tmp_path / "compare.yaml"
+    config.write_text(CONFIG.format(root=world) + BACKBONE)
+    out = tmp_path / "sequential"
+    rows = run_compare(load_compare_config(config), out)
+    assert (out / "backbone" / "model" / "model.safetensors").is_file()
+    assert "starts its vision tower from the backbone" in (out / "compare.md").read_text()
+    for row in rows:
+        for run in row["run_dirs"]:
+            model = _yaml(Path(run) / "config.yaml")["model"]
+            if row["baseline"]:
+                assert not model["init_from"]
+            else:
+                assert model["init_from"] == str(out / "backbone") and model["init_modules"] == ["vision."]
+
+    # Two runs at a time in worker processes (one thread each, as here): the same numbers.
+    parallel = run_compare(load_compare_config(config, ["workers=2", f"base.tokenizer.path={out / 'tokenizer'}"]),
+                           tmp_path / "parallel")
+    assert "2 at a time" in (tmp_path / "parallel" / "compare.md").read_text()
+    for mine, theirs in zip(parallel, rows):
+        assert mine["strategy"] == theirs["strategy"]
+        for metric in ("perplexity", "accuracy"):
+            if metric in mine:
+                assert mine[metric]["mean"] == pytest.approx(theirs[metric]["mean"], rel=1e-4)

@@ -141,3 +141,14 @@ def test_easyvqa_val_carved_from_train():
 @pytest.mark.skipif(default_vqarad_root() is None, reason="VQA-RAD is not in ../shared/data/vqa_rad")
 def test_vqarad_default_root():
     assert len(load_split(DataConfig(dataset="vqarad"), "test").questions) == 451
+
+
+def test_captions_per_image_keeps_each_images_first_captions(tmp_path):
+    from vislm.data.shapes import generate_shapes_world
+
+    root = generate_shapes_world(tmp_path, seed=0, sizes={"train": 3, "val": 1, "test": 1, "comp_test": 1})
+    everything = load_split(DataConfig(root=str(root)), "train").captions
+    assert all(len(r.captions) == 5 for r in everything)
+    for keep in (1, 2):
+        kept = load_split(DataConfig(root=str(root), captions_per_image=keep), "train").captions
+        assert [r.captions for r in kept] == [r.captions[:keep] for r in everything]

@@ -36,6 +36,7 @@ class DataConfig:
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["test"])
     limit: int = 0  # 0 = all records; >0 keeps the first N (smoke tests)
+    captions_per_image: int = 0  # 0 = all; k > 0 keeps each image's first k captions
     # Where a reader finds its files (each data set's defaults: vislm/tasks/data.py). Relative
     # paths are under root; "{split}" is replaced by the split name; "" = the default.
     annotations: str = ""  # annotation file, or shard folder (webdataset)

@@ -12,12 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
+import os
 import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-from vislm.config import Config, ModelConfig, from_dict, load_config, save_config, to_dict
+from vislm.config import Config, ModelConfig, TrainConfig, from_dict, load_config, save_config, to_dict
 from vislm.errors import ConfigError
 from vislm.tasks.data import load_split
 from vislm.tasks.run import make_tokenizer, train
@@ -41,10 +45,21 @@ class StrategyConfig:
 
 
 @dataclass
+class BackboneConfig:
+    task: str = ""  # empty: no shared backbone; otherwise the task it is pre-trained on
+    model: Dict[str, Any] = field(default_factory=dict)  # merged over base.model
+    train: Dict[str, Any] = field(default_factory=dict)  # merged over base.train, e.g. {max_steps: 600}
+    modules: List[str] = field(default_factory=lambda: ["vision."])  # what the strategies take from it
+    freeze: bool = False  # True: the strategies keep the taken modules frozen
+
+
+@dataclass
 class CompareConfig:
     base: Config = field(default_factory=Config)
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     strategies: List[StrategyConfig] = field(default_factory=list)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    workers: int = 1  # runs trained at once, each in its own process
 
 
 def load_compare_config(path, overrides=()) -> CompareConfig:
@@ -54,6 +69,8 @@ def load_compare_config(path, overrides=()) -> CompareConfig:
     keys = [(s.task, s.name) for s in cfg.strategies]
     if len(set(keys)) != len(keys) or any(not name for _, name in keys):
         raise ConfigError(f"{path}: every strategy needs a 'name', unique within its task; got {keys}")
+    if cfg.workers < 1:
+        raise ConfigError(f"{path}: workers must be at least 1, got {cfg.workers}")
     for strategy in cfg.strategies:
         if strategy.task not in TASK_METRICS:
             raise ConfigError(f"strategies.{strategy.name}.task must be one of "
@@ -61,7 +78,8 @@ def load_compare_config(path, overrides=()) -> CompareConfig:
     return cfg
 
 
-def strategy_model(base: ModelConfig, overrides: Dict[str, Any], name: str) -> ModelConfig:
+def strategy_model(base: ModelConfig, overrides: Dict[str, Any], name: str,
+                   prefix: str = "") -> ModelConfig:
     """base.model with the strategy's keys on top; kwargs dicts are merged key by key, so a
     strategy names only what differs (its fusion, a fusion option)."""
     merged = to_dict(base)
@@ -70,16 +88,36 @@ def strategy_model(base: ModelConfig, overrides: Dict[str, Any], name: str) -> M
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
-    return from_dict(ModelConfig, merged, prefix=f"strategies.{name}.model")
+    return from_dict(ModelConfig, merged, prefix=prefix or f"strategies.{name}.model")
 
 
-def run_config(cfg: CompareConfig, strategy: StrategyConfig, seed: int, tokenizer_dir: Path) -> Config:
-    """The base config with this strategy's model and task, this seed and the shared tokenizer."""
+def run_config(cfg: CompareConfig, strategy: StrategyConfig, seed: int, tokenizer_dir: Path,
+               backbone_dir: Path | None = None) -> Config:
+    """The base config with this strategy's model and task, this seed and the shared tokenizer;
+    a strategy that sees images starts from the backbone, unless it names its own init_from."""
     base = cfg.base
+    model = strategy_model(base.model, strategy.model, strategy.name)
+    if backbone_dir is not None and not strategy.baseline and not model.init_from:
+        modules = list(cfg.backbone.modules)
+        model = dataclasses.replace(model, init_from=str(backbone_dir), init_modules=modules,
+                                    freeze=[*model.freeze, *modules] if cfg.backbone.freeze else model.freeze)
     return dataclasses.replace(
-        base, task=strategy.task, model=strategy_model(base.model, strategy.model, strategy.name),
+        base, task=strategy.task, model=model,
         train=dataclasses.replace(base.train, seed=seed),
         tokenizer=dataclasses.replace(base.tokenizer, path=str(tokenizer_dir)))
+
+
+def backbone_config(cfg: CompareConfig, tokenizer_dir: Path) -> Config:
+    """The backbone's run: the base config with its task, model and train keys, first seed."""
+    backbone = cfg.backbone
+    if backbone.task not in TASK_METRICS:
+        raise ConfigError(f"backbone.task must be one of {' | '.join(TASK_METRICS)}, got {backbone.task!r}")
+    train_cfg = from_dict(TrainConfig, {**to_dict(cfg.base.train), **backbone.train, "seed": cfg.seeds[0]},
+                          prefix="backbone.train")
+    return dataclasses.replace(
+        cfg.base, task=backbone.task, train=train_cfg,
+        model=strategy_model(cfg.base.model, backbone.model, "backbone", prefix="backbone.model"),
+        tokenizer=dataclasses.replace(cfg.base.tokenizer, path=str(tokenizer_dir)))
 
 
 def run_dir(out: Path, strategy: StrategyConfig, seed: int) -> Path:
@@ -106,7 +144,34 @@ def visual_effect(row: dict, baseline: dict | None) -> Dict[str, float]:
     return {}
 
 
+def _train_job(job: tuple) -> dict:
+    config, out_dir = job
+    return train(config, out_dir)
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def train_all(jobs: List[tuple], workers: int) -> List[dict]:
+    """train() each (config, out_dir), `workers` at a time in separate processes; results in order.
+
+    Small models leave much of a multi-threaded matmul idle, so on a few cores two
+    one-thread processes get through more runs than one two-thread process; a run's
+    result does not depend on how many threads computed it beyond float rounding."""
+    if workers == 1:
+        return [_train_job(job) for job in jobs]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_limit_threads,
+                             initargs=(max(1, cores // workers),)) as pool:
+        return list(pool.map(_train_job, jobs))
+
+
 def run_compare(cfg: CompareConfig, out: str | Path, split: str = "test") -> List[dict]:
+    started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "compare_config.yaml")
@@ -118,12 +183,23 @@ def run_compare(cfg: CompareConfig, out: str | Path, split: str = "test") -> Lis
     else:
         make_tokenizer(base, load_split(base.data, base.data.train_split)).save(tokenizer_dir)
 
+    backbone_dir = None
+    if cfg.backbone.task:
+        backbone_dir = out / "backbone"
+        log.info("compare: backbone (%s %s)", cfg.backbone.task, cfg.backbone.model.get("fusion", base.model.fusion))
+        train(backbone_config(cfg, tokenizer_dir), backbone_dir)
+
+    jobs = [(strategy, seed) for strategy in cfg.strategies for seed in cfg.seeds]
+    log.info("compare: %d runs, %d at a time", len(jobs), cfg.workers)
+    results = train_all([(run_config(cfg, strategy, seed, tokenizer_dir, backbone_dir), run_dir(out, strategy, seed))
+                         for strategy, seed in jobs], cfg.workers)
+    by_strategy: Dict[int, List[dict]] = {}
+    for (strategy, _), result in zip(jobs, results):
+        by_strategy.setdefault(id(strategy), []).append(result)
+
     rows = []
     for strategy in cfg.strategies:
-        results = []
-        for seed in cfg.seeds:
-            log.info("compare: %s %s, seed %d", strategy.task, strategy.name, seed)
-            results.append(train(run_config(cfg, strategy, seed, tokenizer_dir), run_dir(out, strategy, seed)))
+        results = by_strategy[id(strategy)]
         fusion = strategy_model(cfg.base.model, strategy.model, strategy.name).fusion
         row = {"strategy": strategy.name, "task": strategy.task, "fusion": fusion,
                "baseline": strategy.baseline, "seeds": list(cfg.seeds)}
@@ -141,5 +217,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, split: str = "test") -> Lis
     (out / "compare.json").write_text(json.dumps(rows, indent=2))
     from vislm.analysis.compare_report import write_compare_report
 
-    write_compare_report(out, rows)
+    write_compare_report(out, rows, setup={"wall_seconds": time.perf_counter() - started,
+                                           "workers": cfg.workers, "runs": len(jobs),
+                                           "backbone": str(backbone_dir) if backbone_dir else None})
     return rows

@@ -90,11 +90,17 @@ def plot_learning_curves(rows: List[dict], out: Path) -> Path:
     return path
 
 
-def write_compare_report(out: Path, rows: List[dict]) -> Path:
+def write_compare_report(out: Path, rows: List[dict], setup: Dict | None = None) -> Path:
     lines = ["# Fusion strategies compared", "",
              "Every row: the same data, tokenizer, step budget and seeds "
              f"({', '.join(map(str, rows[0]['seeds']))}); mean ± std over seeds on the test split.",
              "The visual effect compares each model with the text-only baseline of its task.", ""]
+    if setup:
+        if setup.get("backbone"):
+            lines += [f"Every strategy that sees images starts its vision tower from the backbone "
+                      f"trained first in `{setup['backbone']}`.", ""]
+        lines += [f"Wall time: {setup['wall_seconds'] / 60:.1f} min for {setup['runs']} runs, "
+                  f"{setup['workers']} at a time.", ""]
     for task in TASK_METRICS:
         if any(r["task"] == task for r in rows):
             lines += [f"## {task}", ""] + table(rows, task) + [""]

@@ -27,7 +27,7 @@ Where each reader looks (paths under data.root; "{split}" becomes the split name
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -75,7 +75,15 @@ def read_split(cfg: DataConfig, split: str) -> SplitRecords:
         records = _hold_out(DATASETS.create(cfg.dataset, cfg=cfg, split="train"), split, cfg)
     else:
         records = DATASETS.create(cfg.dataset, cfg=cfg, split=split)
-    return _limited(records, cfg.limit)
+    return _first_captions(_limited(records, cfg.limit), cfg.captions_per_image)
+
+
+def _first_captions(records: SplitRecords, keep: int) -> SplitRecords:
+    """Each image's first `keep` captions (0 = all). The shapes world's first caption is its
+    canonical one, whose every word the scene fixes (vislm/data/shapes.py)."""
+    if keep > 0:
+        records.captions = [replace(r, captions=r.captions[:keep]) for r in records.captions]
+    return records
 
 
 def _hold_out(train: SplitRecords, split: str, cfg: DataConfig) -> SplitRecords:

@@ -13,6 +13,11 @@ Layout, one directory per saved optimizer step:
 A checkpoint is written into a hidden temporary directory next to its final place, every
 file is fsynced, and only then is the directory renamed into place, so a crash while saving
 never leaves a half-written `step_*` directory that a resume would pick up.
+
+Under FSDP (vislm/train/fsdp.py) checkpoints hold the full, unsharded state too, gathered
+from every process and written by the main one: model.safetensors is the file a single
+process writes; optimizer.pt holds the full optimizer state keyed by parameter name, the
+layout of torch.distributed.checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -95,7 +100,7 @@ def _metric_of(path: Path) -> float | None:
 def save_checkpoint(
     run_dir: str | Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict,
     scheduler: Any,
     state: dict,
     keep_last: int = 2,
@@ -104,8 +109,10 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint for `state["global_step"]`, then prune old ones.
 
-    `model` must be the unwrapped module. `metric` (if given) ranks this checkpoint: the
-    best one survives pruning besides the `keep_last` newest (`keep_last <= 0` keeps all).
+    `model` must be the unwrapped module; `optimizer` an optimizer, or the state dict to
+    save for it (FSDP: gathered from every process). `metric` (if given) ranks this
+    checkpoint: the best one survives pruning besides the `keep_last` newest (`keep_last <= 0`
+    keeps all).
     Saving the same step twice replaces the earlier checkpoint.
     """
     final = checkpoint_dir(run_dir, int(state["global_step"]))
@@ -115,7 +122,8 @@ def save_checkpoint(
     temp = root / f"{_TEMP_PREFIX}{final.name}-{os.getpid()}"
     temp.mkdir()
     save_model(model, str(temp / MODEL_FILE))
-    torch.save(optimizer.state_dict(), temp / OPTIMIZER_FILE)
+    optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    torch.save(optimizer_state, temp / OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), temp / SCHEDULER_FILE)
     torch.save(get_rng_state(), temp / RNG_FILE)
     (temp / STATE_FILE).write_text(json.dumps({**state, "metric": metric}, indent=1))
@@ -193,12 +201,15 @@ def _fsync_dir(path: Path) -> None:
 def load_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | Callable[[dict], Any] | None = None,
     scheduler: Any = None,
     restore_rng: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict:
-    """Restore what is given (model always) from checkpoint `path`; return its trainer state."""
+    """Restore what is given (model always) from checkpoint `path`; return its trainer state.
+
+    `optimizer` may also be a function, given the saved optimizer state once the model's
+    weights are loaded (FSDP: it hands each process its shard)."""
     path = Path(path)
     if not (path / MARKER_FILE).is_file():
         raise CheckpointError(f"checkpoint {path} is missing or incomplete (no {MARKER_FILE} marker)")
@@ -214,7 +225,7 @@ def load_checkpoint(
             f"missing {_names(missing)}; unexpected {_names(unexpected)}"
         )
     if optimizer is not None:
-        _restore(path / OPTIMIZER_FILE, optimizer.load_state_dict)
+        _restore(path / OPTIMIZER_FILE, optimizer if callable(optimizer) else optimizer.load_state_dict)
     if scheduler is not None:
         _restore(path / SCHEDULER_FILE, scheduler.load_state_dict)
     if restore_rng:

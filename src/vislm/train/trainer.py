@@ -28,6 +28,11 @@ processes, and more than `bad_data.max_fraction` of an epoch's samples stops the
 Under a launcher each process trains on its share of every step and evaluates the whole
 split (vislm/tasks/run.py); only the main process writes the log and checkpoints.
 
+FSDP (`accelerate launch --use_fsdp --fsdp_version 2`): each process holds a shard of the
+weights, gradients and optimizer state of a copy of the model (vislm/train/fsdp.py). The
+caller's module stays whole, on the CPU while training; it receives the full weights,
+gathered from every process, to be evaluated, saved in checkpoints, and at the end.
+
 Log lines in `out_dir/log.jsonl` ("epoch" is fractional: epochs completed so far, "time" is
 training seconds, excluding evaluation and checkpointing, summed over resumed runs):
     {"step", "epoch", "loss", "<name>_loss"..., "lr", "grad_norm", "samples_per_s", "time"}
@@ -41,6 +46,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -58,7 +64,14 @@ from vislm.config import TrainConfig
 from vislm.data.bad_data import SKIPPED_KEY, BadData
 from vislm.data.bucketing import bucketed_batches
 from vislm.errors import ConfigError, DataError
-from vislm.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
+from vislm.train.checkpoint import (
+    CHECKPOINTS,
+    latest_checkpoint,
+    load_checkpoint,
+    read_trainer_state,
+    save_checkpoint,
+)
+from vislm.train.fsdp import full_optimizer_state, full_weights, load_sharded_checkpoint, shardable_copy
 from vislm.train.optim import build_optimizer, build_scheduler
 from vislm.train.precision import attention_for_precision
 
@@ -107,6 +120,8 @@ class Trainer:
         self.lengths = lengths
         self.streaming = isinstance(train_dataset, IterableDataset)
         self._owns_accelerator = accelerator is None
+        self._fsdp = False  # whether fit() trains a sharded copy of the model (FSDP)
+        self._renamed: dict[str, str] = {}  # that copy's names of 0-d parameters -> the model's
         self.accelerator = accelerator if accelerator is not None else make_accelerator(cfg)
         _check_accelerator(self.accelerator, cfg)
 
@@ -168,10 +183,22 @@ class Trainer:
         acc.wait_for_everyone()
 
         set_seed(cfg.seed)
-        optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas)
+        self._fsdp = acc.distributed_type == DistributedType.FSDP
+        trained = self.model
+        if self._fsdp:
+            # FSDP shards the module it prepares, in place: it gets a copy, and the caller's
+            # module waits on the CPU, leaving the accelerator's memory to the shards.
+            trained, self._renamed = shardable_copy(self.model)
+            self.model.to("cpu")
+            # On by default under `accelerate launch --use_fsdp`: the main process alone loads
+            # the weights and broadcasts them, which Accelerate does for parameters only (it
+            # fails on buffers such as batch-norm statistics). Every process built the same
+            # model from the same seed, so none needs the main process's copy.
+            acc.state.fsdp_plugin.cpu_ram_efficient_loading = False
+        optimizer = build_optimizer(trained, cfg.lr, cfg.weight_decay, cfg.betas)
         scheduler = build_scheduler(optimizer, cfg.warmup_steps, self.total_steps, cfg.min_lr_ratio)
         # The scheduler is stepped by hand once per step, so Accelerate does not wrap it.
-        model, optimizer = acc.prepare(self.model, optimizer)
+        model, optimizer = acc.prepare(trained, optimizer)
         if checkpoint is not None:
             self._resume(checkpoint, model, optimizer, scheduler)
         elif resume:
@@ -195,7 +222,7 @@ class Trainer:
         self._reset_interval()
         try:
             # bf16 on CPU: the attention that trains fastest, same results (train/precision.py).
-            with attention_for_precision(self.model, cfg.precision, acc.device.type):
+            with attention_for_precision(trained, cfg.precision, acc.device.type):
                 self._train(model, optimizer, scheduler)
         finally:
             self._bar.close()
@@ -203,6 +230,8 @@ class Trainer:
                 self._log_file.close()
             # Give the caller back a plain module (Accelerate patched forward for autocast).
             acc.unwrap_model(model, keep_fp32_wrapper=False)
+        if self._fsdp:
+            self._whole_model(model)  # the caller's module gets the trained weights
         self.samples_per_s = self.samples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
         return self.last_metrics
 
@@ -438,13 +467,26 @@ class Trainer:
         return round(self.epoch + self.step_in_epoch / self.steps_per_epoch, 4)
 
     # -----------------------------------------------------------------------------------
+    def _whole_model(self, model) -> torch.nn.Module:
+        """The trained model, unsharded: the unwrapped `model`, or under FSDP the caller's
+        module given the full weights, on the accelerator. Under FSDP every process must call
+        this, as each sends its shards to all the others."""
+        if not self._fsdp:
+            return self.accelerator.unwrap_model(model)
+        weights = full_weights(model, self._renamed, everywhere=True)
+        self.model.to(self.accelerator.device)
+        self.model.load_state_dict(weights)
+        return self.model
+
     def _evaluate(self, model) -> float | None:
         """Run the caller's evaluation on every process; return the metric for best, if any."""
-        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped = self._whole_model(model)
         unwrapped.eval()
         with torch.no_grad():
             metrics = self.evaluate(unwrapped)
         unwrapped.train()
+        if self._fsdp:
+            self.model.to("cpu")  # back to training, whose shards need the accelerator's memory
         if not isinstance(metrics, Mapping):
             kind = type(metrics).__name__
             raise TypeError(f"evaluate(model) must return a dict of metrics, got {kind}")
@@ -461,6 +503,14 @@ class Trainer:
 
     def _save(self, model, optimizer, scheduler, metric: float | None) -> None:
         acc = self.accelerator
+        module = acc.unwrap_model(model)
+        if self._fsdp:
+            # Every process sends its shards; the main process receives the full state and
+            # saves it from the caller's whole module, so the files are a single process's.
+            weights, optimizer = full_weights(model, self._renamed), full_optimizer_state(model, optimizer)
+            module = self.model
+            if acc.is_main_process:
+                module.load_state_dict(weights)
         if acc.is_main_process:
             state = {
                 "epoch": self.epoch,
@@ -477,9 +527,11 @@ class Trainer:
                 "dataset_size": self._dataset_size(),
                 "failed_in_epoch": self.failed_in_epoch,
             }
+            if self._fsdp:
+                state["fsdp"] = True  # its optimizer.pt is keyed by parameter name
             save_checkpoint(
                 self.out_dir,
-                acc.unwrap_model(model),
+                module,
                 optimizer,
                 scheduler,
                 state,
@@ -491,19 +543,24 @@ class Trainer:
 
     def _resume(self, checkpoint: Path, model, optimizer, scheduler) -> None:
         acc = self.accelerator
-        unwrapped = acc.unwrap_model(model)
-        state = load_checkpoint(checkpoint, unwrapped, optimizer, scheduler, device=acc.device)
+        state = read_trainer_state(checkpoint)
         current = {
             "train.batch_size": (state.get("batch_size"), self.cfg.batch_size),
             "train.grad_accum_steps": (state.get("grad_accum_steps"), self.cfg.grad_accum_steps),
             "number of processes": (state.get("num_processes"), acc.num_processes),
             "training set size": (state.get("dataset_size"), self._dataset_size()),
+            # The optimizer state of an FSDP checkpoint does not load into a DDP run, nor the reverse.
+            "FSDP": (state.get("fsdp", False), self._fsdp),
         }
         for name, (saved, now) in current.items():
             if saved != now:
                 raise ConfigError(
                     f"cannot resume from {checkpoint}: it was saved with {name}={saved}, this run has {now}"
                 )
+        if self._fsdp:
+            state = load_sharded_checkpoint(checkpoint, self.model, model, optimizer, scheduler, self._renamed)
+        else:
+            state = load_checkpoint(checkpoint, acc.unwrap_model(model), optimizer, scheduler, device=acc.device)
         self.global_step = state["global_step"]
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
@@ -602,7 +659,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         gradient_accumulation_steps=cfg.grad_accum_steps,
     )
     try:
-        return Accelerator(**kwargs)
+        acc = Accelerator(**kwargs)
     except ValueError as err:
         # Accelerate keeps one precision per process and refuses a second Accelerator with
         # another one; a single process that compares fp32 with bf16 runs (tests, benchmark
@@ -610,7 +667,13 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         if "already been initialized" not in str(err) or PartialState().use_distributed:
             raise
         AcceleratorState._reset_state()
-        return Accelerator(**kwargs)
+        acc = Accelerator(**kwargs)
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp_asked and acc.distributed_type != DistributedType.FSDP and acc.is_main_process:
+        # Accelerate builds FSDP on GPUs only; elsewhere the same launch trains data-parallel.
+        logger.warning("FSDP was asked for, but Accelerate only shards on GPUs: training with %s instead",
+                       acc.distributed_type)
+    return acc
 
 
 def _accelerator_fits(acc: Accelerator, cfg: TrainConfig) -> bool:
@@ -632,11 +695,11 @@ def _check_accelerator(acc: Accelerator, cfg: TrainConfig) -> None:
             f"train.grad_accum_steps={cfg.grad_accum_steps} but the accelerator accumulates "
             f"{acc.gradient_accumulation_steps} steps"
         )
-    if acc.distributed_type == DistributedType.FSDP:
-        # Checkpoints and the saved model are written from the main process's module, which
-        # under FSDP holds only its shard of the weights: refuse rather than save fragments.
-        raise ConfigError("FSDP is not supported by vislm's checkpoints yet; launch with DDP "
-                          "(accelerate launch --multi_gpu, or torchrun)")
+    if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
+        # The trainer gathers and restores the full state with torch.distributed.checkpoint,
+        # tested with PyTorch's fully_shard (FSDP2) only.
+        raise ConfigError("vislm trains with FSDP version 2 only: launch with --fsdp_version 2 "
+                          "(or fsdp_version: 2 under fsdp_config in the Accelerate config file)")
 
 
 def _check_config(cfg: TrainConfig) -> None:
