@@ -288,6 +288,52 @@ def test_evaluation_never_skips(tmp_path):
         run(world, tmp_path / "run", "train.epochs=1")
 
 
+# --- A caption left blank in its annotation file ------------------------------------------------
+
+BLANK = "caption empty or only whitespace in its annotation file"
+
+
+@pytest.fixture
+def small_world(tmp_path):
+    return generate_shapes_world(tmp_path / "world", seed=4, sizes={"train": 8, "test": 2}, image_size=32)
+
+
+def blank_a_caption(world, split, position):
+    """Make one caption of `split` whitespace only; return the message that must name it."""
+    path = world / "annotations" / f"captions_{split}.json"
+    data = json.loads(path.read_text())
+    annotation = data["annotations"][position]
+    annotation["caption"] = " \t\n\u3000 "
+    path.write_text(json.dumps(data))
+    return f"{path}: annotations[{position}].caption is empty or only whitespace (annotation id {annotation['id']})"
+
+
+def test_skip_drops_a_blank_caption_counts_it_and_names_it_in_the_summary(small_world, tmp_path):
+    where = blank_a_caption(small_world, "train", 3)
+    captions = samples_of(small_world, set(range(1, 9)), questions=False)
+    result = run(small_world, tmp_path / "run", "data.on_error=skip", "data.max_skip_fraction=0.1", "train.epochs=1")
+    summary = result["bad_data"]
+    assert summary["skipped"] == 1 and summary["reasons"] == {BLANK: {"count": 1, "examples": [where]}}
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1] == {"bad_data": summary}
+    # The other captions all trained: the epoch has as many steps of 4 as they fill.
+    assert [r["step"] for r in log if "loss" in r][-1] == (captions - 1) // 4
+
+
+def test_raise_stops_at_a_blank_caption_naming_the_file_record_and_field(small_world, tmp_path):
+    where = blank_a_caption(small_world, "train", 3)
+    with pytest.raises(DataError) as error:
+        run(small_world, tmp_path / "run", "data.on_error=raise")
+    assert str(error.value) == where
+
+
+def test_a_blank_caption_in_an_evaluation_split_raises_whatever_the_policy(small_world, tmp_path):
+    where = blank_a_caption(small_world, "test", 0)
+    with pytest.raises(DataError) as error:
+        run(small_world, tmp_path / "run", "data.on_error=skip", "data.max_skip_fraction=1")
+    assert str(error.value) == where
+
+
 # --- VQA answers outside the vocabulary ----------------------------------------------------------
 
 

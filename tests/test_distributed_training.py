@@ -143,8 +143,9 @@ def test_torchrun_runs_the_cli_on_two_processes(world, tmp_path):
     assert "accuracy" in json.loads((out / "metrics.json").read_text())["metrics"]["test"]
 
 
-def test_an_fsdp_launch_is_refused_rather_than_saving_weight_shards():
-    # On CPUs Accelerate falls back to DDP, so an FSDP accelerator is stood in for here.
+def test_fsdp_version_1_is_refused_with_the_flag_that_fixes_it():
+    # FSDP (version 2) trains for real in test_distributed_fsdp.py. Version 1 wraps the model
+    # in FullyShardedDataParallel, which the trainer's checkpoints are not written for.
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -153,6 +154,10 @@ def test_an_fsdp_launch_is_refused_rather_than_saving_weight_shards():
     from vislm.errors import ConfigError
     from vislm.train.trainer import _check_accelerator
 
-    fsdp = SimpleNamespace(mixed_precision="no", gradient_accumulation_steps=1, distributed_type=DistributedType.FSDP)
-    with pytest.raises(ConfigError, match="FSDP is not supported .* --multi_gpu"):
-        _check_accelerator(fsdp, TrainConfig())
+    def fsdp(version):
+        return SimpleNamespace(mixed_precision="no", gradient_accumulation_steps=1,
+                               distributed_type=DistributedType.FSDP, is_fsdp2=version == 2)
+
+    with pytest.raises(ConfigError, match="FSDP version 2 only: launch with --fsdp_version 2"):
+        _check_accelerator(fsdp(1), TrainConfig())
+    _check_accelerator(fsdp(2), TrainConfig())

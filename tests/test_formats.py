@@ -172,7 +172,6 @@ COCO_BREAKAGES = [
     ("annotation without caption", lambda d: _delete(d, "annotations", 2, "caption"), "annotations[2] is missing field 'caption'"),
     ("annotation without id", lambda d: _delete(d, "annotations", 0, "id"), "annotations[0] is missing field 'id'"),
     ("caption as number", _set(5, "annotations", 0, "caption"), "annotations[0].caption must be a string, got a number"),
-    ("blank caption", _set(" \n\t", "annotations", 1, "caption"), "annotation id 788 has an empty caption"),
     ("unknown image", _set(7, "annotations", 1, "image_id"), "annotation id 788 refers to unknown image_id 7"),
     ("repeated annotation id", _set(788, "annotations", 2, "id"), "annotations[2] repeats annotation id 788"),
 ]
@@ -190,6 +189,17 @@ def test_broken_coco_file(tmp_path, change, expected):
         write_json(path, data)
     make_images(tmp_path, COCO)
     assert_data_error(lambda: read_coco_captions(path, tmp_path), f"{path}: {expected}")
+
+
+def test_a_blank_caption_is_kept_with_where_it_is(tmp_path):
+    # One bad sample, not a broken file: the run's data.on_error decides (test_bad_data.py).
+    data = copy.deepcopy(COCO)
+    data["annotations"][1]["caption"] = " \n\t"
+    path = write_json(tmp_path / "captions.json", data)
+    make_images(tmp_path)
+    record = next(r for r in read_coco_captions(path, tmp_path) if r.image_id == 391895)
+    assert record.captions == [""]
+    assert record.blank == {0: f"{path}: annotations[1].caption is empty or only whitespace (annotation id 788)"}
 
 
 # --- VQAv2 -----------------------------------------------------------------------------------------

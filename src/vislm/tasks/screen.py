@@ -8,8 +8,11 @@ decoded here only when they are cached (data.cache_images): then every failure i
 before the first step. Otherwise only missing files are found here, and the rest when a
 batch loads them (SkippingDataset).
 
+A caption left blank in its annotation file is one bad sample too: its reader keeps it and
+says where it is (CaptionRecord.blank), and the message names that file, record and field.
+
 Not screened: a malformed annotation file (missing fields, wrong types, repeated ids, a
-field that is empty or only whitespace). Its reader refuses it whatever the policy, naming
+question that is empty or only whitespace). Its reader refuses it whatever the policy, naming
 the file and the record, because such a file is broken as a whole rather than one sample.
 """
 
@@ -30,6 +33,7 @@ from vislm.tasks.data import SplitRecords
 
 # Reasons of the samples dropped here, as the summary groups them.
 EMPTY_CAPTION = "caption empty once control characters are removed"
+BLANK_CAPTION = "caption empty or only whitespace in its annotation file"
 EMPTY_QUESTION = "question empty once control characters are removed"
 NO_ANSWER = "no answer left once control characters are removed"
 OUTSIDE_VOCABULARY = "answer outside the answer vocabulary, zero target"
@@ -49,10 +53,12 @@ def screen_text(split: SplitRecords, bad: BadData) -> None:
             text = clean_text(caption)
             if text:
                 kept.append(text)
+            elif index in record.blank:
+                bad.skip(record.blank[index], reason=BLANK_CAPTION)
             else:
                 bad.skip(f"{record.image_path}: {EMPTY_CAPTION} (caption {index} of image id "
                          f"{record.image_id}: {caption[:40]!r})", reason=EMPTY_CAPTION)
-        record.captions = kept
+        record.captions, record.blank = kept, {}  # indices into the old list
     split.questions = [q for q in split.questions if _clean_question(q, bad)]
 
 

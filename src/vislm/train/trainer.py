@@ -503,11 +503,11 @@ class Trainer:
 
     def _save(self, model, optimizer, scheduler, metric: float | None) -> None:
         acc = self.accelerator
-        module = acc.unwrap_model(model)
+        module, optimizer_state = acc.unwrap_model(model), optimizer  # save_checkpoint takes either
         if self._fsdp:
             # Every process sends its shards; the main process receives the full state and
             # saves it from the caller's whole module, so the files are a single process's.
-            weights, optimizer = full_weights(model, self._renamed), full_optimizer_state(model, optimizer)
+            weights, optimizer_state = full_weights(model, self._renamed), full_optimizer_state(model, optimizer)
             module = self.model
             if acc.is_main_process:
                 module.load_state_dict(weights)
@@ -532,7 +532,7 @@ class Trainer:
             save_checkpoint(
                 self.out_dir,
                 module,
-                optimizer,
+                optimizer_state,
                 scheduler,
                 state,
                 keep_last=self.cfg.keep_last,
@@ -670,9 +670,10 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         acc = Accelerator(**kwargs)
     fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if fsdp_asked and acc.distributed_type != DistributedType.FSDP and acc.is_main_process:
-        # Accelerate builds FSDP on GPUs only; elsewhere the same launch trains data-parallel.
-        logger.warning("FSDP was asked for, but Accelerate only shards on GPUs: training with %s instead",
-                       acc.distributed_type)
+        # Accelerate builds FSDP for GPUs (and other accelerators) only: on CPUs the same
+        # launch trains data-parallel, every process holding the whole model.
+        logger.warning("FSDP was asked for, but Accelerate shards on GPUs only: training without it (%s)",
+                       acc.distributed_type.value)
     return acc
 
 
@@ -696,8 +697,8 @@ def _check_accelerator(acc: Accelerator, cfg: TrainConfig) -> None:
             f"{acc.gradient_accumulation_steps} steps"
         )
     if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
-        # The trainer gathers and restores the full state with torch.distributed.checkpoint,
-        # tested with PyTorch's fully_shard (FSDP2) only.
+        # The trainer shards with PyTorch's fully_shard (FSDP2), written and tested for it
+        # (vislm/train/fsdp.py); version 1 wraps the model in FullyShardedDataParallel.
         raise ConfigError("vislm trains with FSDP version 2 only: launch with --fsdp_version 2 "
                           "(or fsdp_version: 2 under fsdp_config in the Accelerate config file)")
 

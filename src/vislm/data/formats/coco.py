@@ -6,7 +6,7 @@ modules (VQAv2, the shapes world) import them from this module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vislm.data.formats._json import (  # noqa: F401  (re-exported for existing imports)
@@ -27,6 +27,10 @@ class CaptionRecord:
     image_id: int
     image_path: Path
     captions: list[str]
+    # Index of a caption left blank in its annotation file -> where: the file, the record and
+    # the field. Whether such a sample is skipped or refused is the run's bad-data policy
+    # (vislm/tasks/screen.py), so the readers keep it, as "".
+    blank: dict[int, str] = field(default_factory=dict)
 
 
 def coco_image_paths(annotation_file: str | Path, image_dir: str | Path) -> dict[int, Path]:
@@ -53,12 +57,14 @@ def read_coco_captions(
 
     Images without captions are kept (with an empty list) so image-only uses such as
     retrieval galleries see every image; caption datasets simply yield nothing for them.
+    A blank caption is kept as "" and located in its record's `blank`.
     """
     path = Path(annotation_file)
     data = read_json_object(path)
     top_level_list(data, "annotations", path)  # checked before any per-image work
     image_paths = coco_image_paths(path, image_dir)
     captions: dict[int, list[str]] = {image_id: [] for image_id in image_paths}
+    blank: dict[int, dict[int, str]] = {image_id: {} for image_id in image_paths}
 
     annotations = data["annotations"]
     seen_ids: set[int] = set()
@@ -76,11 +82,13 @@ def read_coco_captions(
         # COCO captions often carry stray spaces and newlines; strip them, keep the rest verbatim.
         caption = caption.strip()
         if not caption:
-            raise DataError(f"{path}: annotation id {annotation_id} has an empty caption")
+            blank[image_id][len(captions[image_id])] = (
+                f"{path}: {where}.caption is empty or only whitespace (annotation id {annotation_id})")
         captions[image_id].append(caption)
 
     if check_files:
         for image_id, image_path in image_paths.items():
             if not image_path.is_file():
                 raise DataError(f"{path}: image file for image id {image_id} not found: {image_path}")
-    return [CaptionRecord(image_id, image_paths[image_id], captions[image_id]) for image_id in image_paths]
+    return [CaptionRecord(image_id, image_paths[image_id], captions[image_id], blank[image_id])
+            for image_id in image_paths]

@@ -49,12 +49,12 @@ def read_karpathy(
         seen_ids.add(image_id)
         # Every image is checked, not just the split's: a broken file fails whichever split is read.
         image_path = Path(image_root) / _relative_path(image, where, path)
-        captions = _captions(image, where, path)
+        record = CaptionRecord(image_id, image_path, *_captions(image, where, path))
         if image_split not in wanted:
             continue
         if check_files and not image_path.is_file():
             raise DataError(f"{path}: image file for image id {image_id} not found: {image_path}")
-        records.append(CaptionRecord(image_id, image_path, captions))
+        records.append(record)
     return records
 
 
@@ -72,14 +72,15 @@ def _relative_path(image: dict, where: str, path: Path) -> Path:
     return Path(relative_file_name(filepath, where, path, "filepath")) / filename
 
 
-def _captions(image: dict, where: str, path: Path) -> list[str]:
+def _captions(image: dict, where: str, path: Path) -> tuple[list[str], dict[int, str]]:
+    """The raw sentences, stripped, and where the blank ones are (CaptionRecord.blank)."""
     sentences = get_field(image, "sentences", list, where, path)
-    captions = []
+    captions, blank = [], {}
     for index in range(len(sentences)):
         sentence_where = f"{where}.sentences[{index}]"
         sentence = record_at(sentences, index, f"{where}.sentences", path)
         caption = get_field(sentence, "raw", str, sentence_where, path).strip()
         if not caption:
-            raise DataError(f"{path}: {sentence_where}.raw is empty")
+            blank[index] = f"{path}: {sentence_where}.raw is empty or only whitespace"
         captions.append(caption)
-    return captions
+    return captions, blank
