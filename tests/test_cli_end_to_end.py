@@ -166,3 +166,25 @@ def test_eval_rerank_reports_each_k(world, tmp_path, capsys):
     # Re-ranking one candidate changes nothing; every row says what it cost.
     assert all(rows[1][key] == rows[0][key] for key in ("i2t_R@1", "t2i_R@1", "t2i_R@5"))
     assert all(row["seconds"] > 0 for row in rows)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_frozen_vision_tower_runs_once_per_image(world, tmp_path, cache):
+    from vislm.config import load_config
+    from vislm.models.frozen_cache import FrozenOutputCache
+    from vislm.tasks.run import train
+
+    cfg = load_config("configs/demo_vqa.yaml", [f"data.root={world}", "model.vision_kwargs.dim=16",
+                                                "model.vision_kwargs.widths=[8,16,16]", "model.text_kwargs.dim=16",
+                                                "model.freeze=[vision.]", f"train.cache_frozen_vision={cache}",
+                                                "train.epochs=2", *QUICK[1:]])
+    out = {}
+    train(cfg, tmp_path / "run", task_out=out)
+    forward = out["model"].vision.__dict__.get("forward")
+    if not cache:
+        assert forward is None
+        return
+    assert isinstance(forward, FrozenOutputCache)
+    # One entry per distinct image (24 train, 8 test, 6 comp_test, under two autocast
+    # settings at most), however many questions ask about it; repeats are hits.
+    assert 0 < len(forward.store) <= 2 * (24 + 8 + 6) and forward.hits > 0

@@ -86,6 +86,15 @@ def test_config_errors(tmp_path):
     config.write_text("strategies: [{name: a, task: dance}]\n")
     with pytest.raises(ConfigError, match="task"):
         load_compare_config(config)
+    config.write_text("strategies: [{name: a, task: vqa, train: {max_steps: 5}}, {name: b, task: vqa}]\n")
+    with pytest.raises(ConfigError, match="strategies.b.train: the vqa strategies must share one training budget"):
+        load_compare_config(config)
+    config.write_text("strategies: [{name: a, task: vqa, train: {max_stepz: 5}}]\n")
+    with pytest.raises(ConfigError, match="strategies.a.train.max_stepz"):
+        load_compare_config(config)
+    config.write_text("backbone: {task: dance}\nstrategies: [{name: a, task: vqa}]\n")
+    with pytest.raises(ConfigError, match="backbone.task must be one of"):
+        load_compare_config(config)
 
 
 def test_preset_parses():
@@ -96,7 +105,7 @@ def test_preset_parses():
 
 
 BACKBONE = """
-backbone: {task: retrieval, model: {fusion: dual_encoder}, train: {max_steps: 2}}
+backbone: {task: retrieval, model: {fusion: dual_encoder}, data: {max_text_len: 30}, train: {max_steps: 2}}
 """
 
 
@@ -112,6 +121,8 @@ def test_backbone_starts_every_image_strategy_and_parallel_workers_give_the_same
     out = tmp_path / "sequential"
     rows = run_compare(load_compare_config(config), out)
     assert (out / "backbone" / "model" / "model.safetensors").is_file()
+    backbone = _yaml(out / "backbone" / "config.yaml")
+    assert backbone["data"]["max_text_len"] == 30 and backbone["train"]["max_steps"] == 2
     assert "starts its vision tower from the backbone" in (out / "compare.md").read_text()
     for row in rows:
         for run in row["run_dirs"]:

@@ -97,6 +97,9 @@ class TrainConfig:
     max_bad_steps: int = 10  # non-finite losses in a row before the run stops
     # Steps per epoch of a streamed (iterable) training set, which has no len(); 0 = from len()
     steps_per_epoch: int = 0
+    # A frozen vision tower (model.freeze) runs once per image, in eval mode; later epochs
+    # and evaluation take its tokens from memory (vislm/models/frozen_cache.py).
+    cache_frozen_vision: bool = True
     # Batches of similar text lengths (less padding; same results per example), vislm/data/bucketing.py
     length_bucketing: bool = False
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-from vislm.config import Config, ModelConfig, TrainConfig, from_dict, load_config, save_config, to_dict
+from vislm.config import Config, DataConfig, ModelConfig, TrainConfig, from_dict, load_config, save_config, to_dict
 from vislm.errors import ConfigError
 from vislm.tasks.data import load_split
 from vislm.tasks.run import make_tokenizer, train
@@ -41,6 +41,8 @@ class StrategyConfig:
     name: str = ""  # the row label, e.g. "early" or "gated cross-attention"
     task: str = "vqa"  # caption | vqa | retrieval
     model: Dict[str, Any] = field(default_factory=dict)  # merged over base.model (dicts key by key)
+    # Merged over base.train; every strategy of a task must end up with the same budget.
+    train: Dict[str, Any] = field(default_factory=dict)
     baseline: bool = False  # the text-only model the others are measured against
 
 
@@ -48,6 +50,7 @@ class StrategyConfig:
 class BackboneConfig:
     task: str = ""  # empty: no shared backbone; otherwise the task it is pre-trained on
     model: Dict[str, Any] = field(default_factory=dict)  # merged over base.model
+    data: Dict[str, Any] = field(default_factory=dict)  # merged over base.data
     train: Dict[str, Any] = field(default_factory=dict)  # merged over base.train, e.g. {max_steps: 600}
     modules: List[str] = field(default_factory=lambda: ["vision."])  # what the strategies take from it
     freeze: bool = False  # True: the strategies keep the taken modules frozen
@@ -71,11 +74,24 @@ def load_compare_config(path, overrides=()) -> CompareConfig:
         raise ConfigError(f"{path}: every strategy needs a 'name', unique within its task; got {keys}")
     if cfg.workers < 1:
         raise ConfigError(f"{path}: workers must be at least 1, got {cfg.workers}")
+    if cfg.backbone.task and cfg.backbone.task not in TASK_METRICS:
+        raise ConfigError(f"{path}: backbone.task must be one of {' | '.join(TASK_METRICS)}, "
+                          f"got {cfg.backbone.task!r}")
+    budgets: Dict[str, tuple] = {}
     for strategy in cfg.strategies:
         if strategy.task not in TASK_METRICS:
             raise ConfigError(f"strategies.{strategy.name}.task must be one of "
                               f"{' | '.join(TASK_METRICS)}, got {strategy.task!r}")
+        budget = strategy_train(cfg.base.train, strategy)
+        first = budgets.setdefault(strategy.task, (strategy.name, budget))
+        if budget != first[1]:
+            raise ConfigError(f"strategies.{strategy.name}.train: the {strategy.task} strategies must share one "
+                              f"training budget, but it differs from {first[0]!r}'s")
     return cfg
+
+
+def strategy_train(base: TrainConfig, strategy: StrategyConfig) -> TrainConfig:
+    return from_dict(TrainConfig, {**to_dict(base), **strategy.train}, prefix=f"strategies.{strategy.name}.train")
 
 
 def strategy_model(base: ModelConfig, overrides: Dict[str, Any], name: str,
@@ -103,19 +119,18 @@ def run_config(cfg: CompareConfig, strategy: StrategyConfig, seed: int, tokenize
                                     freeze=[*model.freeze, *modules] if cfg.backbone.freeze else model.freeze)
     return dataclasses.replace(
         base, task=strategy.task, model=model,
-        train=dataclasses.replace(base.train, seed=seed),
+        train=dataclasses.replace(strategy_train(base.train, strategy), seed=seed),
         tokenizer=dataclasses.replace(base.tokenizer, path=str(tokenizer_dir)))
 
 
 def backbone_config(cfg: CompareConfig, tokenizer_dir: Path) -> Config:
     """The backbone's run: the base config with its task, model and train keys, first seed."""
     backbone = cfg.backbone
-    if backbone.task not in TASK_METRICS:
-        raise ConfigError(f"backbone.task must be one of {' | '.join(TASK_METRICS)}, got {backbone.task!r}")
     train_cfg = from_dict(TrainConfig, {**to_dict(cfg.base.train), **backbone.train, "seed": cfg.seeds[0]},
                           prefix="backbone.train")
+    data_cfg = from_dict(DataConfig, {**to_dict(cfg.base.data), **backbone.data}, prefix="backbone.data")
     return dataclasses.replace(
-        cfg.base, task=backbone.task, train=train_cfg,
+        cfg.base, task=backbone.task, train=train_cfg, data=data_cfg,
         model=strategy_model(cfg.base.model, backbone.model, "backbone", prefix="backbone.model"),
         tokenizer=dataclasses.replace(cfg.base.tokenizer, path=str(tokenizer_dir)))
 

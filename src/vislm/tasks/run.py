@@ -21,6 +21,7 @@ from vislm.config import Config, save_config
 from vislm.data.text import clean_text
 from vislm.data.tokenizer import TextTokenizer, train_tokenizer
 from vislm.finetune import freeze, initialise_from
+from vislm.models.frozen_cache import cache_frozen_outputs
 from vislm.models.hf.export import export_config
 from vislm.pretrained import build_model, save_pretrained
 from vislm.tasks import TASKS
@@ -105,6 +106,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, task_out: dict
         initialise_from(model, cfg.model.init_from, cfg.model.init_modules)
     if cfg.model.freeze:
         freeze(model, cfg.model.freeze)
+    vision = getattr(model, "vision", None)
+    if cfg.train.cache_frozen_vision and vision is not None and not any(p.requires_grad for p in vision.parameters()):
+        cache_frozen_outputs(vision)
     params = count_parameters(model)
     log.info("%s: %s parameters (%s trainable)", cfg.model.fusion, f"{params['total']:,}",
              f"{params['trainable']:,}")
