@@ -100,8 +100,10 @@ def test_config_errors(tmp_path):
 def test_preset_parses():
     cfg = load_compare_config("configs/compare.yaml")
     fusions = {strategy_model(cfg.base.model, s.model, s.name).fusion for s in cfg.strategies}
-    assert {"early_vqa", "late_vqa", "captioner", "gated_captioner", "prefix_captioner"} <= fusions
+    assert {"late_vqa", "captioner", "gated_captioner", "prefix_captioner"} <= fusions
+    assert fusions & {"early_vqa", "early_captioner"}
     assert len(cfg.seeds) >= 3 and sum(s.baseline for s in cfg.strategies) == 2
+    assert cfg.backbone.task == "retrieval" and cfg.workers == 2
 
 
 BACKBONE = """
