@@ -55,11 +55,12 @@ def test_glimpse_positions_are_attention_weighted_coordinates():
     torch.testing.assert_close(where[:, 4:], expected[0] - expected[1])
 
 
-@pytest.mark.parametrize("question_glimpses,glimpse_positions", [(False, False), (True, False), (True, True)])
-def test_every_variant_trains(question_glimpses, glimpse_positions):
+@pytest.mark.parametrize("question_glimpses,glimpse_positions,relation_layers",
+                         [(False, False, 0), (True, False, 0), (True, True, 0), (False, False, 2), (True, True, 1)])
+def test_every_variant_trains(question_glimpses, glimpse_positions, relation_layers):
     torch.manual_seed(0)
     kwargs = {**FUSIONS.tiny_kwargs("attention_vqa"), "question_glimpses": question_glimpses,
-              "glimpse_positions": glimpse_positions}
+              "glimpse_positions": glimpse_positions, "relation_layers": relation_layers}
     model = FUSIONS.create("attention_vqa", **kwargs)
     batch = make_batch(model)
     out = model(batch)

@@ -16,7 +16,11 @@ of the blue square?") can look at both objects. Two additions serve such questio
   the words after, instead of both seeing one pooled vector;
 - each glimpse reports where it looked, the attention-weighted mean of the token grid's
   coordinates, and the head sees those positions and their pairwise differences: "left
-  of" becomes the sign of a difference rather than something to decode from features.
+  of" becomes the sign of a difference rather than something to decode from features;
+- optional relation layers before the attention (MCAN's self- and question-guided
+  attention over the image): each image token attends to the other tokens and to the
+  question's words, so the token of the red circle can learn where the asked-about blue
+  square lies from it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from vislm.models.fusion.common import build_towers, default_pool, pool
+from vislm.models.layers import Block, init_transformer_weights
 from vislm.objectives.vqa import vqa_soft_bce
 from vislm.registry import FUSIONS, TEXT_MODELS, VISION_ENCODERS
 
@@ -85,12 +90,19 @@ class AttentionVQA(nn.Module):
     def __init__(self, num_answers: int, vision: str = "cnn", vision_kwargs: Optional[dict] = None,
                  text: str = "encoder", text_kwargs: Optional[dict] = None,
                  text_pool: Optional[str] = None, hidden: int = 512, glimpses: int = 2,
-                 question_glimpses: bool = False, glimpse_positions: bool = False):
+                 question_glimpses: bool = False, glimpse_positions: bool = False,
+                 relation_layers: int = 0, relation_heads: int = 4):
         super().__init__()
         self.num_answers = num_answers
         self.vision, self.text = build_towers(vision, vision_kwargs, text, text_kwargs, False)
         self.text_pool = text_pool or default_pool(self.text)
         image_dim, question_dim = self.vision.dim, self.text.dim
+        # The text tower's attention implementation (bf16 SDPA backward is slow on CPUs).
+        attn_impl = (text_kwargs or {}).get("attn_impl", "sdpa")
+        self.relation = nn.ModuleList(
+            Block(image_dim, relation_heads, cross_attention=True, context_dim=question_dim, attn_impl=attn_impl)
+            for _ in range(relation_layers))
+        init_transformer_weights(self.relation, max(relation_layers, 1))
         self.glimpses = glimpses
         self.question_glimpses = QuestionGlimpses(question_dim, hidden, glimpses) if question_glimpses else None
         # With per-glimpse questions, each glimpse has its own attention map (one logit each).
@@ -111,6 +123,8 @@ class AttentionVQA(nn.Module):
         tokens = self.vision(pixel_values)  # (B, N, Dv)
         hidden = self.text.encode(input_ids, attention_mask)
         question = pool(hidden, attention_mask, self.text_pool)
+        for block in self.relation:
+            tokens, _ = block(tokens, context=hidden, context_mask=attention_mask)
         if self.question_glimpses is None:
             weights = self.attention(tokens, question)  # (B, N, G)
         else:
@@ -137,6 +151,7 @@ class AttentionVQA(nn.Module):
 @FUSIONS.register("attention_vqa", tiny={
     "vision": "cnn", "vision_kwargs": VISION_ENCODERS.tiny_kwargs("cnn"),
     "text": "encoder", "text_kwargs": TEXT_MODELS.tiny_kwargs("encoder"),
-    "num_answers": 5, "hidden": 16, "glimpses": 2, "question_glimpses": True, "glimpse_positions": True})
+    "num_answers": 5, "hidden": 16, "glimpses": 2, "question_glimpses": True, "glimpse_positions": True,
+    "relation_layers": 1, "relation_heads": 2})
 def attention_vqa(**kwargs) -> AttentionVQA:
     return AttentionVQA(**kwargs)
