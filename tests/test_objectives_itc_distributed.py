@@ -42,6 +42,9 @@ def worker(rank, init_file, out_dir):
                    "ids": loss_and_grads(distributed_itc_loss, image[shard], text[shard],
                                          scale, IMAGE_IDS[shard])}
         torch.save(results, f"{out_dir}/rank{rank}.pt")
+        # Neither rank tears down its gloo connections while the other may still be in a
+        # collective: an early teardown can abort the slower process.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
