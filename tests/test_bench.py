@@ -36,3 +36,15 @@ def test_only_runs_the_named_sections(tmp_path):
     assert "retrieval_eval_seconds" in json.loads((tmp_path / "bench.json").read_text())
     with pytest.raises(ValueError, match="unknown bench section"):
         run_bench(tmp_path, quick=True, only=["nope"])
+
+
+@pytest.mark.parametrize("start,end,busy", [(0.2, 2.3, False), (1.6, 2.3, True), (0.2, 3.4, True)])
+def test_the_report_flags_other_jobs_but_not_its_own_threads(start, end, busy):
+    from vislm.bench.report import _machine
+
+    machine = {"cpu": "x", "cores": 2, "threads_per_core": 1, "cpu_flags": [], "torch": "2", "torch_threads": 2,
+               "transformers": "5", "python": "3", "date": "today", "load_average_at_start": [start, 0, 0],
+               "load_average_at_end": [end, 0, 0]}
+    results = {"machine": machine, "peak_gflops": {"fp32": 1.0, "bf16": 2.0}, "command": "c", "total_seconds": 1.0}
+    text = "\n".join(_machine(results))
+    assert ("shared with other jobs" in text) == busy

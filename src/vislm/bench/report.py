@@ -100,7 +100,11 @@ def _pct(value) -> str:
 def _machine(results: dict) -> list:
     m = results["machine"]
     load = m.get("load_average_at_start"), m.get("load_average_at_end")
-    busy = any(l and l[0] > 0.5 * m["cores"] for l in load)
+    # At the end the benchmark's own threads are part of the load average; beyond them,
+    # half the cores' worth of load means other jobs were running.
+    start, end = (l and l[0] for l in load)
+    busy = bool((start and start > 0.5 * m["cores"])
+                or (end and end - m["torch_threads"] > 0.5 * m["cores"]))
     lines = [
         f"- CPU: {m['cpu']}, {m['cores']} cores ({m['threads_per_core']} thread(s) per core), "
         f"flags: {', '.join(m['cpu_flags']) or 'none of note'}",
