@@ -292,3 +292,29 @@ def decode(model_step: StepFn, prompt_ids: torch.Tensor, strategy: str = "greedy
         raise ValueError(f"unknown decoding strategy '{strategy}'; "
                          f"choose from {sorted(STRATEGIES)}")
     return STRATEGIES[strategy](model_step, prompt_ids, **options)
+
+
+def plan_decoding(max_new_tokens: int, eos_id: int, pad_id: int, use_cache: bool = True,
+                  return_logits: bool = False, num_beams: int = 1, length_penalty: float = 1.0,
+                  no_repeat_ngram_size: int = 0, do_sample: bool = False, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0,
+                  generator: Optional[torch.Generator] = None) -> tuple[str, dict]:
+    """The strategy and `decode` options that a model's `generate` arguments ask for:
+    sampling with do_sample, beam search with num_beams > 1 or an n-gram ban, else greedy."""
+    if do_sample and (num_beams > 1 or no_repeat_ngram_size > 0):
+        raise ValueError("do_sample cannot be combined with num_beams > 1 or "
+                         "no_repeat_ngram_size: beam sampling is not implemented")
+    options = dict(max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, use_cache=use_cache)
+    if do_sample:
+        strategy = "sample"
+        options.update(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    elif num_beams > 1 or no_repeat_ngram_size > 0:
+        strategy = "beam"
+        options.update(num_beams=num_beams, length_penalty=length_penalty,
+                       no_repeat_ngram_size=no_repeat_ngram_size)
+    else:
+        strategy = "greedy"
+        options.update(return_logits=return_logits)
+    if return_logits and strategy != "greedy":
+        raise ValueError(f"return_logits is only supported by greedy decoding, not {strategy}")
+    return strategy, options

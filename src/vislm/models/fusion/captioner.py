@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from vislm.errors import ConfigError
-from vislm.generation import decode
+from vislm.generation import decode, plan_decoding
 from vislm.models.fusion.common import build_towers, projection
 from vislm.models.kv_cache import StaticKV, reorder_static, static_cache
 from vislm.objectives.lm import lm_loss
@@ -60,19 +60,12 @@ class Captioner(nn.Module):
         into pre-allocated buffers (same tokens; see vislm.models.kv_cache). Runs in
         whatever mode the model is in; call .eval() first.
         """
-        if do_sample and (num_beams > 1 or no_repeat_ngram_size > 0):
-            raise ValueError("do_sample cannot be combined with num_beams > 1 or "
-                             "no_repeat_ngram_size: beam sampling is not implemented")
+        strategy, options = plan_decoding(
+            min(max_new_tokens, self.text.max_len), eos_id, self.text.pad_id if pad_id is None else pad_id,
+            use_cache, return_logits, num_beams, length_penalty, no_repeat_ngram_size, do_sample,
+            temperature, top_k, top_p, generator)
         tokens = self.image_tokens(pixel_values)
-        options = dict(max_new_tokens=min(max_new_tokens, self.text.max_len), eos_id=eos_id,
-                       pad_id=self.text.pad_id if pad_id is None else pad_id,
-                       use_cache=use_cache)
-        if do_sample:
-            strategy = "sample"
-            options.update(temperature=temperature, top_k=top_k, top_p=top_p,
-                           generator=generator)
-        elif num_beams > 1 or no_repeat_ngram_size > 0:
-            strategy = "beam"
+        if strategy == "beam":
             # Beam search runs B * num_beams rows, beam j of image b at row b*num_beams + j,
             # so every beam gets its image's tokens (the cross-attention cache then holds
             # each image's keys/values num_beams times).
@@ -86,14 +79,7 @@ class Captioner(nn.Module):
                 return tuple((k.index_select(0, beam_idx), v.index_select(0, beam_idx), ck, cv)
                              for k, v, ck, cv in past)
 
-            options.update(num_beams=num_beams, length_penalty=length_penalty,
-                           no_repeat_ngram_size=no_repeat_ngram_size, reorder_past=reorder)
-        else:
-            strategy = "greedy"
-            options.update(return_logits=return_logits)
-        if return_logits and strategy != "greedy":
-            raise ValueError(f"return_logits is only supported by greedy decoding, "
-                             f"not {strategy}")
+            options.update(reorder_past=reorder)
 
         prompt = torch.full((pixel_values.size(0), 1), bos_id, dtype=torch.long,
                             device=pixel_values.device)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from vislm.errors import ConfigError
-from vislm.generation import decode
+from vislm.generation import decode, plan_decoding
 from vislm.models.layers import causal_mask, padding_mask
 from vislm.models.positions import is_additive
 
@@ -131,29 +131,14 @@ class CaptionGenerator:
         also capped at the text model's max_len (text positions start at 0 after any
         image tokens). Runs in whatever mode the model is in; call .eval() first.
         """
-        if do_sample and (num_beams > 1 or no_repeat_ngram_size > 0):
-            raise ValueError("do_sample cannot be combined with num_beams > 1 or "
-                             "no_repeat_ngram_size: beam sampling is not implemented")
+        strategy, options = plan_decoding(
+            min(max_new_tokens, self.text.max_len), eos_id, self.text.pad_id if pad_id is None else pad_id,
+            use_cache, return_logits, num_beams, length_penalty, no_repeat_ngram_size, do_sample,
+            temperature, top_k, top_p, generator)
         context = self.image_context(pixel_values)
-        options = dict(max_new_tokens=min(max_new_tokens, self.text.max_len), eos_id=eos_id,
-                       pad_id=self.text.pad_id if pad_id is None else pad_id,
-                       use_cache=use_cache)
-        if do_sample:
-            strategy = "sample"
-            options.update(temperature=temperature, top_k=top_k, top_p=top_p,
-                           generator=generator)
-        elif num_beams > 1 or no_repeat_ngram_size > 0:
-            strategy = "beam"
+        if strategy == "beam":
             # Row b * num_beams + j is beam j of image b: every beam needs its image.
             context = context.repeat_interleave(num_beams, dim=0)
-            options.update(num_beams=num_beams, length_penalty=length_penalty,
-                           no_repeat_ngram_size=no_repeat_ngram_size)
-        else:
-            strategy = "greedy"
-            options.update(return_logits=return_logits)
-        if return_logits and strategy != "greedy":
-            raise ValueError(f"return_logits is only supported by greedy decoding, "
-                             f"not {strategy}")
 
         def step(input_ids, past, use_cache):
             return self.decode_step(context, input_ids, past, use_cache)
