@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-from vislm.config import Config, DataConfig, ModelConfig, TrainConfig, from_dict, load_config, save_config, to_dict
+from vislm.config import Config, ModelConfig, TrainConfig, from_dict, load_config, save_config, to_dict
 from vislm.errors import ConfigError
 from vislm.tasks.data import load_split
 from vislm.tasks.run import make_tokenizer, train
@@ -90,8 +90,13 @@ def load_compare_config(path, overrides=()) -> CompareConfig:
     return cfg
 
 
+def _overlay(base, overrides: Dict[str, Any], prefix: str):
+    """A copy of the config dataclass `base` with `overrides` on top, checked key by key."""
+    return from_dict(type(base), {**to_dict(base), **overrides}, prefix=prefix)
+
+
 def strategy_train(base: TrainConfig, strategy: StrategyConfig) -> TrainConfig:
-    return from_dict(TrainConfig, {**to_dict(base), **strategy.train}, prefix=f"strategies.{strategy.name}.train")
+    return _overlay(base, strategy.train, f"strategies.{strategy.name}.train")
 
 
 def strategy_model(base: ModelConfig, overrides: Dict[str, Any], name: str,
@@ -126,11 +131,10 @@ def run_config(cfg: CompareConfig, strategy: StrategyConfig, seed: int, tokenize
 def backbone_config(cfg: CompareConfig, tokenizer_dir: Path) -> Config:
     """The backbone's run: the base config with its task, model and train keys, first seed."""
     backbone = cfg.backbone
-    train_cfg = from_dict(TrainConfig, {**to_dict(cfg.base.train), **backbone.train, "seed": cfg.seeds[0]},
-                          prefix="backbone.train")
-    data_cfg = from_dict(DataConfig, {**to_dict(cfg.base.data), **backbone.data}, prefix="backbone.data")
     return dataclasses.replace(
-        cfg.base, task=backbone.task, train=train_cfg, data=data_cfg,
+        cfg.base, task=backbone.task,
+        train=_overlay(cfg.base.train, {**backbone.train, "seed": cfg.seeds[0]}, "backbone.train"),
+        data=_overlay(cfg.base.data, backbone.data, "backbone.data"),
         model=strategy_model(cfg.base.model, backbone.model, "backbone", prefix="backbone.model"),
         tokenizer=dataclasses.replace(cfg.base.tokenizer, path=str(tokenizer_dir)))
 
