@@ -5,21 +5,22 @@ Why: the plain path `lm_loss(lm_head(hidden), ...)` materialises (B, T, V) logit
 64 x 20 batch and BERT's 30,522-token vocabulary that is 156 MB in float32. It then copies
 them for the one-token shift, casts them to float32 for the loss (under bf16 autocast),
 and the backward writes as much again, zero-filled first. All of it is memory traffic,
-and on the benchmark's captioner it took over a third of a bf16 training step. Here each
-block of rows computes its logits, its loss and the gradients of both inputs while the
-block is still in cache; no float32 (B, T, V) tensor ever exists.
+and on the benchmark's captioner it took over a third of a bf16 training step. Here the
+logits live in one compute-dtype buffer that each block of rows turns into its gradient
+while the block is still in cache; no float32 (B, T, V) tensor ever exists.
 
 Two rows never reach the LM head at all: the last position (it has no next token) and
 positions whose target is padding. Both are computed and then discarded by the plain path.
 
 The result equals the plain path up to float rounding (tests/test_lm_head_loss.py: 1e-5
 in float32, bf16 rounding under autocast): the same matmuls in the same dtype, the same float32
-log-softmax, and the logits' gradient cast back to the compute dtype as autocast's
+softmax, and the logits' gradient cast back to the compute dtype as autocast's
 backward casts it.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -27,10 +28,10 @@ import torch.nn.functional as F
 
 from vislm.objectives.lm import lm_loss
 
-# Rows per block: 128 x 30,522 float32 logits are 16 MB, which stay in the L3 cache while
-# the block's log-softmax passes over them (measured 64-512 rows; 128 was fastest, 2x the
-# plain path in bf16 for 1,216 rows).
-CHUNK_ROWS = 128
+# Rows per block of the softmax pass: 64 x 30,522 float32 probabilities are 8 MB, which
+# stay in the L3 cache between the softmax and the write of the gradient (measured 32-512
+# rows on the benchmark's 1,216 x 30,522 bf16 head: 32 and 64 fastest, 256 nearly 2x slower).
+CHUNK_ROWS = 64
 
 
 def lm_loss_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor,
@@ -66,10 +67,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """mean_i CE(rows_i @ weight.T, targets_i), with its gradients computed in the forward
     (the loss is a scalar, so the backward only scales them).
 
-    Block by block: logits in the compute dtype, log-softmax in float32, and the logits'
-    gradient (softmax - one_hot) / n written into one (n, V) buffer in the compute dtype:
-    half the size of the float32 logits in bf16, and never zero-filled. The two gradient
-    matmuls then run once over all rows, the very ones autocast's backward runs.
+    One matmul writes all logits in the compute dtype into an (n, V) buffer: a single
+    large GEMM runs near the machine's peak, where 128-row blocks ran at 60% of it. Block
+    by block, a float32 softmax then reads the logits and the logits' gradient
+    (softmax - one_hot) / n overwrites them in place, cast to the compute dtype as
+    autocast's backward casts it: two passes over each block, no float32 (n, V) tensor,
+    no zero-fill. The two gradient matmuls then run once over all rows, the very ones
+    autocast's backward runs.
     """
 
     @staticmethod
@@ -80,33 +84,65 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(rows.device.type, enabled=False):
             x, w = rows.to(dtype), weight.to(dtype)
             n = targets.numel()
+            # Becomes the logits' gradient, block by block.
+            logits = torch.mm(x, w.t(), out=_logits_buffer(n, w.size(0), dtype, x.device))
             total = torch.zeros((), dtype=loss_dtype, device=rows.device)
-            grad_logits = x.new_empty(n, w.size(0)) if need_grad else None
             for start in range(0, n, chunk_rows):
-                stop = min(start + chunk_rows, n)
-                target = targets[start:stop, None]
-                logprobs = torch.log_softmax((x[start:stop] @ w.t()).to(loss_dtype), dim=-1)
-                total -= logprobs.gather(1, target).sum()
+                block = logits[start:start + chunk_rows]
+                target = targets[start:start + chunk_rows, None]
+                probs = torch.softmax(block, dim=-1, dtype=loss_dtype)
+                total -= _target_log_probs(block, probs, target, loss_dtype).sum()
                 if need_grad:
                     minus_one = torch.full(target.shape, -1.0, dtype=loss_dtype, device=x.device)
-                    # In place: exp of the log-softmax is the softmax; scaled by the mean's
-                    # 1/n before the cast, as autocast's backward casts it.
-                    grad = logprobs.exp_().scatter_add_(1, target, minus_one).mul_(1.0 / n)
-                    grad_logits[start:stop] = grad
+                    # Scaled by the mean's 1/n before the cast, as autocast's backward does.
+                    torch.mul(probs.scatter_add_(1, target, minus_one), 1.0 / n, out=block)
             grad_rows = grad_weight = None
             if ctx.needs_input_grad[0]:
-                grad_rows = (grad_logits @ w).to(rows.dtype)
+                grad_rows = (logits @ w).to(rows.dtype)
             if ctx.needs_input_grad[1]:
-                grad_weight = (grad_logits.t() @ x).to(weight.dtype)
+                grad_weight = (logits.t() @ x).to(weight.dtype)
         ctx.save_for_backward(grad_rows, grad_weight)
         return total / n
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_rows, grad_weight = ctx.saved_tensors
+        if grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
+            # loss.backward() on the loss itself: skip a pass over a (V, C) gradient.
+            return grad_rows, grad_weight, None, None
         if grad_rows is not None:
             grad_rows = grad_rows * grad_loss.to(grad_rows.dtype)
         if grad_weight is not None:
             grad_weight = grad_weight * grad_loss.to(grad_weight.dtype)
         return grad_rows, grad_weight, None, None
 
+
+# One logits buffer per thread, reused by every call on the CPU. glibc hands out blocks
+# over 32 MB as fresh pages that the kernel zero-fills on first touch, on every call:
+# measured 20 ms for the benchmark's 74 MB bf16 buffer, as long as its logits matmul takes
+# without it. Nothing outside the forward keeps a reference to the buffer (the saved
+# gradients are new tensors), so the next call may overwrite it.
+_workspace = threading.local()
+
+
+def _logits_buffer(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if device.type != "cpu":
+        return torch.empty(rows, vocab, dtype=dtype, device=device)  # caching allocators
+    buffer = getattr(_workspace, "buffer", None)
+    if buffer is None or buffer.dtype != dtype or buffer.numel() < rows * vocab:
+        _workspace.buffer = None  # free the old one before allocating its successor
+        buffer = _workspace.buffer = torch.empty(rows * vocab, dtype=dtype)
+    return buffer[:rows * vocab].view(rows, vocab)
+
+
+def _target_log_probs(logits: torch.Tensor, probs: torch.Tensor, target: torch.Tensor,
+                      loss_dtype: torch.dtype) -> torch.Tensor:
+    """log p(target) per row from the softmax; rows whose probability underflowed (a
+    target more than ~87 nats below the best logit in float32) get the exact log-softmax."""
+    p_target = probs.gather(1, target)
+    log_p = p_target.log()
+    underflow = p_target < torch.finfo(loss_dtype).tiny
+    if underflow.any():
+        exact = torch.log_softmax(logits.to(loss_dtype), dim=-1).gather(1, target)
+        log_p = torch.where(underflow, exact, log_p)
+    return log_p
