@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import vislm.models  # noqa: F401  (registration)
-from vislm.models.layers import (Block, attend, causal_mask, self_attention_mask,
-                                 set_attn_impl)
+from vislm.models.layers import (Block, attend, causal_mask, few_row_linear,
+                                 self_attention_mask, set_attn_impl)
 from vislm.models.positions import (LearnedPositions, RotaryEmbedding, SinusoidalPositions,
                                     apply_rotary)
 from vislm.registry import TEXT_MODELS
@@ -233,3 +233,31 @@ def test_dropout_is_active_only_in_training(attn_impl):
     assert not torch.allclose(model(ids), model(ids))
     model.eval()
     assert torch.equal(model(ids), model(ids))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 16, 64, 65])
+def test_few_row_linear_equals_linear(rows):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 1, 24, generator=g)
+    weight, bias = torch.randn(300, 24, generator=g), torch.randn(300, generator=g)
+    for b in (None, bias):
+        got = few_row_linear(x, weight, b)
+        assert got.shape == (rows, 1, 300)
+        torch.testing.assert_close(got, torch.nn.functional.linear(x, weight, b),
+                                   rtol=1e-5, atol=1e-5)
+    # Gradients flow through the transposed form too.
+    x.requires_grad_(True)
+    few_row_linear(x, weight, bias).square().sum().backward()
+    expected = 2 * torch.nn.functional.linear(x.detach(), weight, bias) @ weight
+    torch.testing.assert_close(x.grad, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [16, 19])  # 19: edge pixels that fill no whole patch
+def test_vit_patch_matmul_equals_the_strided_convolution(size):
+    from vislm.models.vision import ViTEncoder
+
+    vit = ViTEncoder(image_size=16, patch_size=4, dim=32, depth=1, heads=2)
+    torch.nn.init.normal_(vit.patch.bias)
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(size))
+    expected = vit.patch(pixels).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(vit._embed_patches(pixels), expected, rtol=1e-5, atol=1e-5)

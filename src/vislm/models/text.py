@@ -16,7 +16,8 @@ from typing import Optional, Tuple
 import torch.nn as nn
 
 from vislm.models.kv_cache import cache_length
-from vislm.models.layers import Block, init_transformer_weights, self_attention_mask
+from vislm.models.layers import (Block, few_row_linear, init_transformer_weights,
+                                 self_attention_mask)
 from vislm.models.positions import is_additive, make_positions
 from vislm.registry import TEXT_MODELS
 
@@ -103,7 +104,7 @@ class TextDecoder(TextTransformer):
         """
         h, new_past = self._hidden(input_ids, attention_mask, image_tokens, image_mask, past,
                                    use_cache)
-        return self.lm_head(h), new_past
+        return few_row_linear(h, self.lm_head.weight), new_past
 
 
 _TINY_TEXT = {"vocab_size": 32, "dim": 16, "depth": 1, "heads": 2, "max_len": 16}
