@@ -58,16 +58,22 @@ def _extend(model_step: StepFn, prompt_ids: torch.Tensor, max_new_tokens: int, e
 @torch.no_grad()
 def greedy_decode(model_step: StepFn, prompt_ids: torch.Tensor, max_new_tokens: int,
                   eos_id: int, pad_id: int, use_cache: bool = True,
-                  return_logits: bool = False):
+                  return_logits: bool = False, choose: Optional[Callable] = None):
     """Greedily extend `prompt_ids` (B, P), all prompts of equal length.
 
     Returns the generated ids (B, S) with S <= max_new_tokens, prompt excluded. A
     sequence stops at its first EOS (which is kept); positions after it hold pad_id.
     Decoding ends early once every sequence has stopped. With return_logits, also
     returns the logits each step chose from, (B, S, V).
+
+    `choose(last output (B, ...)) -> (B,)` replaces the argmax over logits: a model whose
+    step returns hidden states instead passes its own exact argmax of the LM head
+    (vislm.models.argmax_head).
     """
+    if choose is not None and return_logits:
+        raise ValueError("return_logits needs a step that returns logits, not a custom choose")
     return _extend(model_step, prompt_ids, max_new_tokens, eos_id, pad_id, use_cache,
-                   lambda logits: logits.argmax(dim=-1), return_logits)
+                   choose or (lambda logits: logits.argmax(dim=-1)), return_logits)
 
 
 # -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 
 import torch.nn as nn
 
+from vislm.models.argmax_head import ExactArgmaxHead
 from vislm.models.kv_cache import cache_length
 from vislm.models.layers import (Block, few_row_linear, init_transformer_weights,
                                  self_attention_mask)
@@ -95,6 +96,7 @@ class TextDecoder(TextTransformer):
         self.lm_head = nn.Linear(self.dim, vocab_size, bias=False)
         # Weight tying (Press & Wolf 2017): one matrix embeds tokens and scores them.
         self.lm_head.weight = self.tok_emb.weight
+        self._argmax_head = ExactArgmaxHead()  # greedy decoding's choice; not a parameter
 
     def forward(self, input_ids, attention_mask=None, image_tokens=None, past=None,
                 use_cache=False, image_mask=None):
@@ -102,9 +104,19 @@ class TextDecoder(TextTransformer):
 
         With `past`, image_tokens may be omitted: the cache holds their keys/values.
         """
-        h, new_past = self._hidden(input_ids, attention_mask, image_tokens, image_mask, past,
-                                   use_cache)
+        h, new_past = self.hidden_states(input_ids, attention_mask, image_tokens, past,
+                                         use_cache, image_mask)
         return few_row_linear(h, self.lm_head.weight), new_past
+
+    def hidden_states(self, input_ids, attention_mask=None, image_tokens=None, past=None,
+                      use_cache=False, image_mask=None):
+        """`forward` without the LM head: (final hidden states (B, T, dim), new_past)."""
+        return self._hidden(input_ids, attention_mask, image_tokens, image_mask, past, use_cache)
+
+    def greedy_tokens(self, hidden):
+        """argmax of the LM head's logits for hidden states (B, dim), without computing
+        them all in float32 (vislm.models.argmax_head)."""
+        return self._argmax_head(hidden, self.lm_head.weight)
 
 
 _TINY_TEXT = {"vocab_size": 32, "dim": 16, "depth": 1, "heads": 2, "max_len": 16}

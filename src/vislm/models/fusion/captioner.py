@@ -85,11 +85,19 @@ class Captioner(nn.Module):
                             device=pixel_values.device)
         capacity = prompt.size(1) + options["max_new_tokens"]
 
+        # Plain greedy decoding needs no logits, only their argmax: the steps return
+        # hidden states and the text model picks tokens exactly without all the logits.
+        hidden_only = (strategy == "greedy" and not return_logits
+                       and hasattr(self.text, "greedy_tokens"))
+        if hidden_only:
+            options.update(choose=self.text.greedy_tokens)
+
         def step(input_ids, past, use_cache):
             if past is None and use_cache and static_kv:
                 past = static_cache(len(self.text.blocks), capacity)
             # With a cache, cross-attention reuses the image keys/values it holds.
-            return self.text(input_ids, image_tokens=tokens, past=past, use_cache=use_cache)
+            run = self.text.hidden_states if hidden_only else self.text
+            return run(input_ids, image_tokens=tokens, past=past, use_cache=use_cache)
 
         return decode(step, prompt, strategy, **options)
 
