@@ -28,6 +28,11 @@ def test_quick_bench_writes_the_json_keys_and_the_markdown(tmp_path, capsys):
                     "## Retrieval", "## Data loading"):
         assert heading in report
     assert "vislm bench --out" in report
+    # Fresh pages per step are counted for both sides; the allocator rerun has both sides too.
+    assert results["train"]["dual_fp32"]["vislm_fresh_mb_per_step"] >= 0
+    if "pairs" in results["allocator"]:
+        assert set(results["allocator"]["pairs"]) == set(results["train"]) - {"frozen_vision"}
+        assert "## Training with glibc keeping freed memory" in report
 
 
 def test_only_runs_the_named_sections(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-SECTION_NAMES = ("train", "memory", "generate", "retrieval", "data", "compile")
+SECTION_NAMES = ("train", "allocator", "memory", "generate", "retrieval", "data", "compile")
 
 
 def _bench(args: argparse.Namespace) -> None:

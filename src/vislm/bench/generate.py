@@ -5,6 +5,8 @@ benchmark pair "caption"), from the image to `seq_len` new tokens. Both are forc
 every step: vislm gets an EOS id outside the vocabulary, which argmax never returns;
 `generate` gets min_new_tokens = max_new_tokens, which masks EOS until the end. Tokens/s
 counts generated tokens, image encoding included (both must encode the images).
+vislm's greedy rows run its screened LM head (vislm.models.argmax_head) unless named
+"plain head", which computes every float32 logit as the peer does; the tokens are the same.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Sequence
 import torch
 
 from vislm.bench import models as M
-from vislm.bench.timing import interleaved
+from vislm.bench.timing import interleaved, median_of
 
 BEAMS = 4
 
@@ -22,9 +24,13 @@ BEAMS = 4
 def _contenders(ours, peers: dict, pixels: torch.Tensor, new_tokens: int, sizes: M.Sizes) -> dict:
     never = sizes.vocab_size  # an id no argmax over the vocabulary can return
 
-    def vislm(**options):
+    def vislm(screened: bool = True, **options):
         def run():
-            ids = ours.generate(pixels, new_tokens, bos_id=M.BOS_ID, eos_id=never, **options)
+            ours.text.screened_greedy = screened
+            try:
+                ids = ours.generate(pixels, new_tokens, bos_id=M.BOS_ID, eos_id=never, **options)
+            finally:
+                ours.text.screened_greedy = True
             assert ids.shape[1] == new_tokens, ids.shape
         return run
 
@@ -36,6 +42,7 @@ def _contenders(ours, peers: dict, pixels: torch.Tensor, new_tokens: int, sizes:
         return run
 
     contenders = {"vislm_greedy": vislm(), "vislm_greedy_concat_cache": vislm(static_kv=False),
+                  "vislm_greedy_plain_head": vislm(screened=False),
                   "vislm_beam": vislm(num_beams=BEAMS)}
     for attn, model in peers.items():
         contenders[f"hf_{attn}_greedy"] = hf(model, 1)
@@ -60,6 +67,18 @@ def _greedy_gflop(ours, pixels: torch.Tensor, new_tokens: int, never: int) -> fl
     return counter.get_total_flops() / 1e9
 
 
+@torch.inference_mode()
+def _screened_equals_plain(ours, pixels: torch.Tensor, new_tokens: int, never: int) -> bool:
+    """Whether greedy decoding through the screened head gave the plain head's tokens."""
+    screened = ours.generate(pixels, new_tokens, bos_id=M.BOS_ID, eos_id=never)
+    ours.text.screened_greedy = False
+    try:
+        plain = ours.generate(pixels, new_tokens, bos_id=M.BOS_ID, eos_id=never)
+    finally:
+        ours.text.screened_greedy = True
+    return bool(torch.equal(screened, plain))
+
+
 def run(sizes: M.Sizes, rounds: int, batch_sizes: Sequence[int] = (1, 16),
         peak_fp32: float | None = None, log=print) -> dict:
     torch.manual_seed(0)
@@ -79,7 +98,11 @@ def run(sizes: M.Sizes, rounds: int, batch_sizes: Sequence[int] = (1, 16),
             row[f"peer_{strategy}_attention"] = best
             row[f"peer_{strategy}_tokens_per_s"] = rate[f"hf_{best}_{strategy}"]
             row[f"ratio_{strategy}"] = rate[f"vislm_{strategy}"] / rate[f"hf_{best}_{strategy}"]
+        with torch.inference_mode():
+            row["vislm_encode_seconds"] = median_of(lambda: ours.image_tokens(pixels), rounds)
         row["greedy_gflop"] = _greedy_gflop(ours, pixels, new_tokens, sizes.vocab_size)
+        row["screened_tokens_equal_plain"] = _screened_equals_plain(ours, pixels, new_tokens,
+                                                                    sizes.vocab_size)
         if peak_fp32:
             # The fastest any decoder doing these FLOPs could go (at the fp32 GEMM peak),
             # over the peer's measured speed.

@@ -147,10 +147,16 @@ def _train(results: dict) -> list:
                      _f(r["hf_eager_samples_per_s"]), f"**{r['ratio']:.2f}x**",
                      _pct(r["vislm_mfu"]), _pct(r["peer_mfu"]),
                      f"{r['vislm_gflop_per_step']:.1f} / {r['peer_gflop_per_step']:.1f}",
+                     f"{_f(r.get('vislm_fresh_mb_per_step'), 0)} / "
+                     f"{_f(r.get('peer_fresh_mb_per_step'), 0)}",
                      f"{r['vislm_params'] / 1e6:.1f}M / {r['peer_params'] / 1e6:.1f}M"])
     lines += _table(["pair", "precision", "vislm samples/s", "HF sdpa", "HF eager", "ratio",
-                     "vislm MFU", "HF MFU", "GFLOP/step vislm / HF", "params vislm / HF"], rows)
+                     "vislm MFU", "HF MFU", "GFLOP/step vislm / HF",
+                     "fresh MB/step vislm / HF", "params vislm / HF"], rows)
     lines += [f"- {pair}: vislm {PAIR_NAMES[pair]} vs `{PEERS[pair]}`" for pair in PAIR_NAMES]
+    lines += ["- fresh MB/step: memory the allocator took back from the kernel during a step "
+              "(minor page faults x page size), every page of it zero-filled by the kernel "
+              "first; see the allocator section."]
     frozen = results["train"].get("frozen_vision")
     if frozen:
         lines += ["", f"Frozen vision tower ({frozen['precision']} captioner, ViT frozen): "
@@ -159,6 +165,31 @@ def _train(results: dict) -> list:
                   f"(vislm.models.frozen_cache; every epoch after the first): "
                   f"**{frozen['speedup']:.2f}x**."]
     return lines + [""]
+
+
+def _allocator(results: dict) -> list:
+    a = results["allocator"]
+    lines = ["## Training with glibc keeping freed memory", ""]
+    if "pairs" not in a:
+        return lines + [f"Not measured: {a.get('skipped') or a.get('error')}.", ""]
+    settings = " ".join(f"{name}={value}" for name, value in a["tunables"].items())
+    lines += [f"The training pairs again, in a subprocess started with `{settings}`: glibc then "
+              "keeps freed blocks instead of returning them to the kernel, so a step stops "
+              "paying page faults for its large temporaries. Both libraries run under the same "
+              "setting, so the ratio still compares the models; gain = samples/s over the "
+              "default-allocator run above.", ""]
+    default = results.get("train", {})
+    rows = []
+    for key, r in a["pairs"].items():
+        pair, precision = key.split("_")
+        base = default.get(key)
+        gain = (lambda lib: _f(r[f"{lib}_samples_per_s"] / base[f"{lib}_samples_per_s"], 2) + "x"
+                if base else "n/a")
+        rows.append([pair, precision, _f(r["vislm_samples_per_s"]), _f(r["peer_samples_per_s"]),
+                     f"**{r['ratio']:.2f}x**", gain("vislm"), gain("peer"),
+                     f"{_f(r['vislm_fresh_mb_per_step'], 0)} / {_f(r['peer_fresh_mb_per_step'], 0)}"])
+    return lines + _table(["pair", "precision", "vislm samples/s", "HF samples/s", "ratio",
+                           "vislm gain", "HF gain", "fresh MB/step vislm / HF"], rows)
 
 
 def _memory(results: dict) -> list:
@@ -177,18 +208,26 @@ def _generate(results: dict) -> list:
     rows = []
     for batch, r in results["generate"].items():
         rows.append([batch[1:], "greedy", _f(r["vislm_greedy_tokens_per_s"], 0),
+                     _f(r.get("vislm_greedy_plain_head_tokens_per_s"), 0),
                      _f(r["vislm_greedy_concat_cache_tokens_per_s"], 0),
                      f"{_f(r['peer_greedy_tokens_per_s'], 0)} ({r['peer_greedy_attention']})",
                      f"**{r['ratio_greedy']:.2f}x**"])
-        rows.append([batch[1:], "beam 4", _f(r["vislm_beam_tokens_per_s"], 0), "",
+        rows.append([batch[1:], "beam 4", _f(r["vislm_beam_tokens_per_s"], 0), "", "",
                      f"{_f(r['peer_beam_tokens_per_s'], 0)} ({r['peer_beam_attention']})",
                      f"**{r['ratio_beam']:.2f}x**"])
     return (["## Generation", "",
              f"Tokens/s generating {results['sizes']['seq_len']} tokens per image (forced: no "
              "early EOS), image encoding included; each library's own captioner of the "
-             "training size, random weights, fp32.", ""]
-            + _table(["batch", "strategy", "vislm (static KV cache)", "vislm (concat cache)",
-                      "transformers generate", "ratio"], rows))
+             "training size, random weights, fp32. vislm's greedy decoding picks each token "
+             "with its screened LM head (the float32 argmax found through a bf16 pass over "
+             "the vocabulary, vislm.models.argmax_head); the plain-head column computes "
+             "every float32 logit instead. Same tokens in every column of a row (screened "
+             "against plain head checked in this run: "
+             + ", ".join(f"batch {b[1:]} " + ("equal" if r.get("screened_tokens_equal_plain")
+                                               else "**different**")
+                         for b, r in results["generate"].items()) + ").", ""]
+            + _table(["batch", "strategy", "vislm (static KV cache)", "vislm (plain head)",
+                      "vislm (concat cache)", "transformers generate", "ratio"], rows))
 
 
 def _retrieval(results: dict) -> list:
@@ -286,8 +325,9 @@ def write_markdown(results: dict, path: Path) -> Path:
     lines += _machine(results)
     if results.get("goals"):
         lines += _goals(results)
-    for name, section in (("train", _train), ("memory", _memory), ("generate", _generate),
-                          ("retrieval", _retrieval), ("data", _data), ("compile", _compile)):
+    for name, section in (("train", _train), ("allocator", _allocator), ("memory", _memory),
+                          ("generate", _generate), ("retrieval", _retrieval), ("data", _data),
+                          ("compile", _compile)):
         if name in results:
             lines += section(results)
     lines += notes(results)

@@ -2,6 +2,7 @@
 
 Sections (all by default; --only picks some):
     train      training throughput and MFU, vislm vs Hugging Face, fp32 and bf16
+    allocator  the same with glibc keeping freed memory, both sides (a subprocess)
     memory     peak memory of each training benchmark (a subprocess each)
     generate   greedy and beam decoding tokens/s vs transformers' generate
     retrieval  5k x 25k retrieval evaluation, FAISS search latency
@@ -29,7 +30,7 @@ from vislm.bench import retrieval as retrieval_bench
 from vislm.bench.machine import describe, gemm_peak
 from vislm.bench.report import goals, headline, write_markdown
 
-SECTIONS = ("train", "memory", "generate", "retrieval", "data", "compile")
+SECTIONS = ("train", "allocator", "memory", "generate", "retrieval", "data", "compile")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Plan:
     train_rounds: int
     train_warmup: int
     generate_rounds: int
+    allocator_rounds: int
     compile_rounds: int
     repeats: int
     peak_size: int
@@ -45,9 +47,11 @@ class Plan:
     data: data_bench.DataSizes
 
 
-FULL = Plan(M.FULL, train_rounds=7, train_warmup=2, generate_rounds=5, compile_rounds=5,
+FULL = Plan(M.FULL, train_rounds=7, train_warmup=2, generate_rounds=5, allocator_rounds=5,
+            compile_rounds=5,
             repeats=3, peak_size=2048, retrieval=retrieval_bench.FULL, data=data_bench.FULL)
-QUICK = Plan(M.QUICK, train_rounds=2, train_warmup=1, generate_rounds=1, compile_rounds=2,
+QUICK = Plan(M.QUICK, train_rounds=2, train_warmup=1, generate_rounds=1, allocator_rounds=1,
+             compile_rounds=2,
              repeats=1, peak_size=256, retrieval=retrieval_bench.QUICK, data=data_bench.QUICK)
 
 
@@ -95,6 +99,11 @@ def _run_section(name: str, plan: Plan, results: dict, log) -> dict:
 
         return train.run(plan.sizes, plan.train_rounds, plan.train_warmup, results["peak_gflops"],
                          log=log)
+    if name == "allocator":
+        from vislm.bench import allocator
+
+        return allocator.run(plan.sizes, plan.allocator_rounds, plan.train_warmup,
+                             results["peak_gflops"], torch.get_num_threads(), log=log)
     if name == "memory":
         from vislm.bench import memory
 

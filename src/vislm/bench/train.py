@@ -16,7 +16,7 @@ from typing import Dict, Sequence
 import torch
 
 from vislm.bench import models as M
-from vislm.bench.timing import interleaved
+from vislm.bench.timing import fresh_pages_mb, interleaved
 from vislm.models.frozen_cache import cache_frozen_outputs
 from vislm.train.precision import attention_for_precision
 
@@ -39,7 +39,9 @@ def run_pair(pair: str, precision: str, sizes: M.Sizes, rounds: int, warmup: int
             steps[f"hf_{attn}"] = M.train_step("hf", pair, model, data, precision)
         seconds = interleaved(steps, rounds, warmup)
         flops_ours = M.count_flops("vislm", pair, ours, data, precision)
-    best = min(PEER_ATTENTION, key=lambda attn: seconds[f"hf_{attn}"])
+        best = min(PEER_ATTENTION, key=lambda attn: seconds[f"hf_{attn}"])
+        fresh = {"vislm": fresh_pages_mb(steps["vislm"]),
+                 "peer": fresh_pages_mb(steps[f"hf_{best}"])}
     flops_peer = M.count_flops("hf", pair, peers[best], data, precision)
 
     def rate(name: str) -> float:
@@ -58,6 +60,8 @@ def run_pair(pair: str, precision: str, sizes: M.Sizes, rounds: int, warmup: int
         "peer_mfu": flops_peer / seconds[f"hf_{best}"] / peak,
         # What vislm would reach running its FLOPs at the GEMM peak, against this peer.
         "ceiling_ratio": seconds[f"hf_{best}"] * peak / flops_ours,
+        "vislm_fresh_mb_per_step": fresh["vislm"],
+        "peer_fresh_mb_per_step": fresh["peer"],
         "vislm_params": _parameters(ours),
         "peer_params": _parameters(peers[best]),
     }

@@ -97,6 +97,8 @@ class TextDecoder(TextTransformer):
         # Weight tying (Press & Wolf 2017): one matrix embeds tokens and scores them.
         self.lm_head.weight = self.tok_emb.weight
         self._argmax_head = ExactArgmaxHead()  # greedy decoding's choice; not a parameter
+        # False: greedy decoding computes all float32 logits (same tokens, slower).
+        self.screened_greedy = True
 
     def forward(self, input_ids, attention_mask=None, image_tokens=None, past=None,
                 use_cache=False, image_mask=None):
@@ -116,6 +118,8 @@ class TextDecoder(TextTransformer):
     def greedy_tokens(self, hidden):
         """argmax of the LM head's logits for hidden states (B, dim), without computing
         them all in float32 (vislm.models.argmax_head)."""
+        if not self.screened_greedy:
+            return few_row_linear(hidden, self.lm_head.weight).argmax(dim=-1)
         return self._argmax_head(hidden, self.lm_head.weight)
 
 

@@ -1,0 +1,69 @@
+"""Training throughput with glibc's allocator keeping freed memory, for both libraries.
+
+By default glibc gives large freed blocks back to the kernel: every block over its mmap
+threshold (which adapts up to 32 MB) and the top of its heap beyond its trim threshold.
+The next allocation of that size then starts on fresh pages, which the kernel zero-fills
+on first touch. A training step allocates and frees the same large tensors every step,
+so it pays those page faults every step (the train section reports them as fresh MB per
+step). glibc's environment tunables MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_
+keep that memory in the process; they must be set before the process starts, so this
+section reruns the training pairs in a subprocess with both set, for vislm and the peer
+alike: the ratio still compares the models, and each side's gain over the default
+allocator shows what the setting is worth. Skipped where the C library is not glibc.
+
+    python -m vislm.bench.allocator '{"sizes": {...}, "rounds": 5, "warmup": 2, ...}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict
+from typing import Dict
+
+from vislm.bench.models import PAIRS, Sizes
+
+# Keep blocks up to 1 GiB on the heap, and up to 4 GiB of free heap before trimming.
+TUNABLES = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
+PRECISIONS = ("fp32", "bf16")
+
+
+def _child(spec: dict) -> dict:
+    import torch
+
+    from vislm.bench import train
+
+    torch.set_num_threads(spec["threads"])
+    sizes = Sizes(**spec["sizes"])
+    return {f"{pair}_{precision}": train.run_pair(pair, precision, sizes, spec["rounds"],
+                                                  spec["warmup"], spec["peaks"])
+            for precision in PRECISIONS for pair in PAIRS}
+
+
+def run(sizes: Sizes, rounds: int, warmup: int, peaks: Dict[str, float], threads: int,
+        log=print) -> dict:
+    if platform.libc_ver()[0] != "glibc":
+        log("allocator: skipped (the C library is not glibc)")
+        return {"skipped": "the C library is not glibc"}
+    spec = {"sizes": asdict(sizes), "rounds": rounds, "warmup": warmup, "peaks": peaks,
+            "threads": threads}
+    done = subprocess.run([sys.executable, "-m", "vislm.bench.allocator", json.dumps(spec)],
+                          env={**os.environ, **TUNABLES}, capture_output=True, text=True,
+                          timeout=3600)
+    if done.returncode != 0:
+        error = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        log(f"allocator: failed: {error}")
+        return {"error": error}
+    pairs = json.loads(done.stdout.strip().splitlines()[-1])
+    for key, r in pairs.items():
+        log(f"allocator {key}: vislm {r['vislm_samples_per_s']:.1f}/s, peer "
+            f"{r['peer_samples_per_s']:.1f}/s, ratio {r['ratio']:.2f}, fresh MB/step "
+            f"{r['vislm_fresh_mb_per_step']:.0f} / {r['peer_fresh_mb_per_step']:.0f}")
+    return {"tunables": TUNABLES, "pairs": pairs}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(json.loads(sys.argv[1]))))
