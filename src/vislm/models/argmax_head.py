@@ -56,8 +56,9 @@ class ExactArgmaxHead:
     def __init__(self):
         self._key: Optional[tuple] = None
         self._weight_bf16: Optional[torch.Tensor] = None
-        self._max_rounding = 0.0  # max_v |w_v - w~_v|
-        self._max_norm = 0.0      # max_v |w~_v|
+        # A score's error bound is _per_norm |h| + _per_rounding |h - h~|.
+        self._per_norm = 0.0
+        self._per_rounding = 0.0
 
     def __call__(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """hidden (B, C), weight (V, C) -> token ids (B,)."""
@@ -68,29 +69,27 @@ class ExactArgmaxHead:
         approx = F.linear(hidden_bf16, self._weight_bf16)  # (B, V) bf16
         # The candidates are the top approximate scores down to the threshold; a top-k
         # finds them faster than a comparison over the whole vocabulary.
-        top, tokens = approx.topk(min(CANDIDATES, approx.size(-1)), dim=-1)  # descending
-        bound = (hidden.norm(dim=-1) * self._max_rounding
-                 + (hidden - hidden_bf16.float()).norm(dim=-1) * self._max_norm
-                 + hidden_bf16.float().norm(dim=-1) * self._max_norm * GEMM_SLACK)
-        # Rounded down to bf16, the threshold keeps every token it must keep.
-        threshold = _round_down_bf16(top[:, 0].float() - 2 * bound)
-        if tokens.size(-1) < approx.size(-1) and (top[:, -1] >= threshold).any():
+        top, tokens = approx.topk(CANDIDATES, dim=-1)  # descending
+        top = top.float()
+        bound = (self._per_norm * hidden.norm(dim=-1)
+                 + self._per_rounding * (hidden - hidden_bf16.float()).norm(dim=-1))
+        below = top < (top[:, :1] - 2 * bound[:, None])
+        if not below[:, -1].all():
             # More candidates than the top-k holds (near-ties everywhere, as in an
-            # untrained model): score every token exactly.
+            # untrained model), or non-finite hidden states: score every token exactly.
             return _plain_argmax(hidden, weight)
         exact = torch.einsum("bkc,bc->bk", weight[tokens], hidden)
-        exact = exact.masked_fill(top < threshold[:, None], float("-inf"))
-        if not torch.isfinite(exact[:, 0]).all():
-            return _plain_argmax(hidden, weight)  # non-finite hidden states
+        exact.masked_fill_(below, float("-inf"))
         # The best exact score; among exact ties the lowest token id, as argmax picks.
-        best = exact == exact.amax(dim=-1, keepdim=True)
-        return tokens.masked_fill(~best, weight.size(0)).amin(dim=-1)
+        best_exact = exact == exact.amax(dim=-1, keepdim=True)
+        return tokens.masked_fill_(~best_exact, weight.size(0)).amin(dim=-1)
 
     @staticmethod
     def _applies(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
         return (hidden.device.type == "cpu" and weight.device.type == "cpu"
                 and hidden.dtype == torch.float32 and weight.dtype == torch.float32
-                and hidden.dim() == 2 and not torch.is_autocast_enabled("cpu")
+                and hidden.dim() == 2 and weight.size(0) > CANDIDATES
+                and not torch.is_autocast_enabled("cpu")
                 and not (hidden.requires_grad and torch.is_grad_enabled())
                 and native_bf16())
 
@@ -101,18 +100,13 @@ class ExactArgmaxHead:
         with torch.no_grad():
             w = weight.detach()
             w_bf16 = w.to(torch.bfloat16)
-            self._max_rounding = (w - w_bf16.float()).norm(dim=-1).max().item()
-            self._max_norm = w_bf16.float().norm(dim=-1).max().item()
+            max_rounding = (w - w_bf16.float()).norm(dim=-1).max().item()  # max |w - w~|
+            max_norm = w_bf16.float().norm(dim=-1).max().item()  # max |w~|
+        # |h~| <= (1 + 2^-9) |h| (round to nearest) bounds the GEMM's allowance by |h|.
+        self._per_norm = max_rounding + (1 + 2.0 ** -9) * max_norm * GEMM_SLACK
+        self._per_rounding = max_norm
         self._weight_bf16, self._key = w_bf16, key
 
 
 def _plain_argmax(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(hidden, weight).argmax(dim=-1)
-
-
-def _round_down_bf16(values: torch.Tensor) -> torch.Tensor:
-    """The largest bf16 number <= each float32 value (to compare with bf16 scores)."""
-    rounded = values.to(torch.bfloat16)
-    too_high = rounded.float() > values
-    return torch.where(too_high, torch.nextafter(rounded, torch.full_like(rounded, float("-inf"))),
-                       rounded)

@@ -53,6 +53,12 @@ def attend(q, k, v, mask=None, causal=False, impl="sdpa", dropout_p=0.0):
     return att @ v
 
 
+def dropout(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """`drop(x)`, without the module call where it would return x unchanged (evaluation,
+    p = 0): a decoding step passes a dozen of them per token."""
+    return drop(x) if drop.training and drop.p > 0 else x
+
+
 # -----------------------------------------------------------------------------
 # Masks
 
@@ -136,7 +142,7 @@ class SelfAttention(nn.Module):
                 v = torch.cat([past[1], v], dim=2)
             cache = (k, v)
         y = attend(q, k, v, mask, causal, self.attn_impl, self.dropout if self.training else 0.0)
-        return self.resid_drop(self.proj(_merge_heads(y))), cache
+        return dropout(self.resid_drop, self.proj(_merge_heads(y))), cache
 
 
 class CrossAttention(nn.Module):
@@ -169,7 +175,7 @@ class CrossAttention(nn.Module):
             k, v = _split_heads(k, self.heads), _split_heads(v, self.heads)
         mask = padding_mask(context_mask)
         y = attend(q, k, v, mask, False, self.attn_impl, self.dropout if self.training else 0.0)
-        return self.resid_drop(self.proj(_merge_heads(y))), (k, v)
+        return dropout(self.resid_drop, self.proj(_merge_heads(y))), (k, v)
 
 
 # -----------------------------------------------------------------------------
@@ -183,7 +189,7 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return dropout(self.drop, self.proj(F.gelu(self.fc(x))))
 
 
 class Block(nn.Module):

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from vislm.models.argmax_head import ExactArgmaxHead
 from vislm.models.kv_cache import cache_length
-from vislm.models.layers import (Block, few_row_linear, init_transformer_weights,
+from vislm.models.layers import (Block, dropout, few_row_linear, init_transformer_weights,
                                  self_attention_mask)
 from vislm.models.positions import is_additive, make_positions
 from vislm.registry import TEXT_MODELS
@@ -68,7 +68,7 @@ class TextTransformer(nn.Module):
             x = x + self.positions(start, T)
         else:
             rope = self.positions(start, T)
-        x = self.drop(x)
+        x = dropout(self.drop, x)
         mask, causal = self_attention_mask(attention_mask, T, start + T, self.causal)
         caches = []
         for i, block in enumerate(self.blocks):
