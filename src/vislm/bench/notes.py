@@ -58,20 +58,26 @@ def _train_limit(results: dict, pair: str, precision: str, target: float) -> str
     if r["ceiling_ratio"] < target:
         return (head + f": no implementation of this model reaches {target}x here. vislm runs "
                 f"at {r['vislm_mfu']:.0%}.")
-    casts = "autocast's casts, " if precision == "bf16" else ""
-    text = (head + f"; vislm runs at {r['vislm_mfu']:.0%}. Its matmuls, with an inner "
-            f"dimension of {results['sizes']['dim']}, run below the large-matmul peak, and the "
-            f"rest of its step is memory-bound elementwise work in eager mode ({casts}LayerNorm, "
-            f"GELU, softmax) that only a compiler fuses (see the torch.compile section)")
+    text = head + f"; vislm runs at {r['vislm_mfu']:.0%}."
+    if "vislm_matmul_ms" in r:
+        budget = results["sizes"]["batch_size"] / r["peer_samples_per_s"] / target * 1e3
+        text += (f" Per step (torch.profiler), vislm spends {r['vislm_matmul_ms']:.0f} ms in "
+                 f"matmul kernels and {r['vislm_other_ms']:.0f} ms on everything else; the peer "
+                 f"{r['peer_matmul_ms']:.0f} + {r['peer_other_ms']:.0f} ms. At {target}x the peer "
+                 f"a vislm step would have to take {budget:.0f} ms, leaving "
+                 f"{budget - r['vislm_matmul_ms']:.0f} ms beside its matmuls for the LayerNorms, "
+                 f"GELUs, softmaxes, " + ("autocast's casts, " if precision == "bf16" else "")
+                 + "residual adds and the AdamW update, all memory-bound and each its own pass "
+                 "over memory in eager PyTorch (see the torch.compile section for what fusing "
+                 "them gains).")
     fresh = r.get("vislm_fresh_mb_per_step")
     if fresh is not None:
-        text += (f", plus {fresh:.0f} MB of fresh pages per step from the kernel (the peer "
+        text += (f" A step also takes {fresh:.0f} MB of fresh pages from the kernel (the peer "
                  f"{r['peer_fresh_mb_per_step']:.0f} MB)")
-    tuned = results.get("allocator", {}).get("pairs", {}).get(f"{pair}_{precision}")
-    if tuned:
+        tuned = results.get("allocator", {}).get("pairs", {}).get(f"{pair}_{precision}")
         text += (f"; with glibc keeping freed memory for both sides the ratio is "
-                 f"{tuned['ratio']:.2f}x")
-    return text + "."
+                 f"{tuned['ratio']:.2f}x." if tuned else ".")
+    return text
 
 
 def _greedy_limit(results: dict, batch: str) -> str:

@@ -27,6 +27,28 @@ def _parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Ops whose self time is matrix multiplication (the rest of a step: elementwise work,
+# reductions, copies, the optimizer, and dispatch).
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
+              "aten::convolution_backward", "aten::mkldnn_convolution"}
+
+
+def matmul_split(step, steps: int = 2) -> dict:
+    """Milliseconds per step in matmul kernels and in everything else, from torch.profiler's
+    self CPU times (which include its own small per-op overhead)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    matmul = total = 0.0
+    for event in prof.key_averages():
+        total += event.self_cpu_time_total
+        if event.key in MATMUL_OPS:
+            matmul += event.self_cpu_time_total
+    return {"matmul_ms": matmul / steps / 1e3, "other_ms": (total - matmul) / steps / 1e3}
+
+
 def run_pair(pair: str, precision: str, sizes: M.Sizes, rounds: int, warmup: int,
              peaks: Dict[str, float]) -> dict:
     torch.manual_seed(0)
@@ -42,6 +64,7 @@ def run_pair(pair: str, precision: str, sizes: M.Sizes, rounds: int, warmup: int
         best = min(PEER_ATTENTION, key=lambda attn: seconds[f"hf_{attn}"])
         fresh = {"vislm": fresh_pages_mb(steps["vislm"]),
                  "peer": fresh_pages_mb(steps[f"hf_{best}"])}
+        split = {"vislm": matmul_split(steps["vislm"]), "peer": matmul_split(steps[f"hf_{best}"])}
     flops_peer = M.count_flops("hf", pair, peers[best], data, precision)
 
     def rate(name: str) -> float:
@@ -60,6 +83,10 @@ def run_pair(pair: str, precision: str, sizes: M.Sizes, rounds: int, warmup: int
         "peer_mfu": flops_peer / seconds[f"hf_{best}"] / peak,
         # What vislm would reach running its FLOPs at the GEMM peak, against this peer.
         "ceiling_ratio": seconds[f"hf_{best}"] * peak / flops_ours,
+        "vislm_matmul_ms": split["vislm"]["matmul_ms"],
+        "vislm_other_ms": split["vislm"]["other_ms"],
+        "peer_matmul_ms": split["peer"]["matmul_ms"],
+        "peer_other_ms": split["peer"]["other_ms"],
         "vislm_fresh_mb_per_step": fresh["vislm"],
         "peer_fresh_mb_per_step": fresh["peer"],
         "vislm_params": _parameters(ours),
