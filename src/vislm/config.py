@@ -102,6 +102,10 @@ class TrainConfig:
     cache_frozen_vision: bool = True
     # Batches of similar text lengths (less padding; same results per example), vislm/data/bucketing.py
     length_bucketing: bool = False
+    # torch.compile the model for training, with this backend: "inductor" generates fused
+    # kernels (it pays on GPUs and long runs; on a small CPU see BENCHMARKS.md's
+    # torch.compile section); "aot_eager" and "eager" only capture graphs, for debugging.
+    compile: Literal["off", "inductor", "aot_eager", "eager"] = "off"
 
 
 @dataclass

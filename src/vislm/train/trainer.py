@@ -229,7 +229,7 @@ class Trainer:
             if self._log_file is not None:
                 self._log_file.close()
             # Give the caller back a plain module (Accelerate patched forward for autocast).
-            acc.unwrap_model(model, keep_fp32_wrapper=False)
+            acc.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
         if self._fsdp:
             self._whole_model(model)  # the caller's module gets the trained weights
         self.samples_per_s = self.samples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
@@ -266,7 +266,7 @@ class Trainer:
         """
         if self.accelerator.num_processes == 1:
             return
-        for buffer in self.accelerator.unwrap_model(model).buffers():
+        for buffer in self._unwrapped(model).buffers():
             torch.distributed.broadcast(buffer, src=0)
 
     def _micro_batches(self):
@@ -467,12 +467,17 @@ class Trainer:
         return round(self.epoch + self.step_in_epoch / self.steps_per_epoch, 4)
 
     # -----------------------------------------------------------------------------------
+    def _unwrapped(self, model) -> torch.nn.Module:
+        """The module under Accelerate's wrappers (DDP, torch.compile): its parameter names
+        are the model's own, as checkpoints store them."""
+        return self.accelerator.unwrap_model(model, keep_torch_compile=False)
+
     def _whole_model(self, model) -> torch.nn.Module:
         """The trained model, unsharded: the unwrapped `model`, or under FSDP the caller's
         module given the full weights, on the accelerator. Under FSDP every process must call
         this, as each sends its shards to all the others."""
         if not self._fsdp:
-            return self.accelerator.unwrap_model(model)
+            return self._unwrapped(model)
         weights = full_weights(model, self._renamed, everywhere=True)
         self.model.to(self.accelerator.device)
         self.model.load_state_dict(weights)
@@ -503,7 +508,7 @@ class Trainer:
 
     def _save(self, model, optimizer, scheduler, metric: float | None) -> None:
         acc = self.accelerator
-        module, optimizer_state = acc.unwrap_model(model), optimizer  # save_checkpoint takes either
+        module, optimizer_state = self._unwrapped(model), optimizer  # save_checkpoint takes either
         if self._fsdp:
             # Every process sends its shards; the main process receives the full state and
             # saves it from the caller's whole module, so the files are a single process's.
@@ -560,7 +565,7 @@ class Trainer:
         if self._fsdp:
             state = load_sharded_checkpoint(checkpoint, self.model, model, optimizer, scheduler, self._renamed)
         else:
-            state = load_checkpoint(checkpoint, acc.unwrap_model(model), optimizer, scheduler, device=acc.device)
+            state = load_checkpoint(checkpoint, self._unwrapped(model), optimizer, scheduler, device=acc.device)
         self.global_step = state["global_step"]
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
@@ -657,6 +662,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         cpu=not torch.cuda.is_available(),
         mixed_precision=_mixed_precision(cfg),
         gradient_accumulation_steps=cfg.grad_accum_steps,
+        # prepare() then wraps the model in torch.compile; unwrap_model (checkpoints, the
+        # model handed back) returns the original module, so saved names do not change.
+        dynamo_backend=_dynamo_backend(cfg),
     )
     try:
         acc = Accelerator(**kwargs)
@@ -666,6 +674,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         # sweeps) needs both, so start its state over. Never done in a distributed launch.
         if "already been initialized" not in str(err) or PartialState().use_distributed:
             raise
+        AcceleratorState._reset_state()
+        acc = Accelerator(**kwargs)
+    if not _accelerator_fits(acc, cfg) and not PartialState().use_distributed:
+        # The compile backend, too, is kept per process, but a second Accelerator silently
+        # inherits the first one's.
         AcceleratorState._reset_state()
         acc = Accelerator(**kwargs)
     fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
@@ -679,7 +692,17 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 def _accelerator_fits(acc: Accelerator, cfg: TrainConfig) -> bool:
     same_precision = acc.mixed_precision == _mixed_precision(cfg)
-    return same_precision and acc.gradient_accumulation_steps == cfg.grad_accum_steps
+    same_compile = _compile_backend(acc) == _dynamo_backend(cfg)
+    return same_precision and same_compile and acc.gradient_accumulation_steps == cfg.grad_accum_steps
+
+
+def _dynamo_backend(cfg: TrainConfig) -> str:
+    return "no" if cfg.compile == "off" else cfg.compile
+
+
+def _compile_backend(acc: Accelerator) -> str:
+    """The torch.compile backend `acc` applies, in DynamoBackend's lower-case spelling."""
+    return str(acc.state.dynamo_plugin.backend.value).lower()
 
 
 def _mixed_precision(cfg: TrainConfig) -> str:
@@ -696,6 +719,9 @@ def _check_accelerator(acc: Accelerator, cfg: TrainConfig) -> None:
             f"train.grad_accum_steps={cfg.grad_accum_steps} but the accelerator accumulates "
             f"{acc.gradient_accumulation_steps} steps"
         )
+    if _compile_backend(acc) != _dynamo_backend(cfg):
+        raise ConfigError(f"train.compile={cfg.compile} but the accelerator compiles with "
+                          f"{_compile_backend(acc)}")
     if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
         # The trainer shards with PyTorch's fully_shard (FSDP2), written and tested for it
         # (vislm/train/fsdp.py); version 1 wraps the model in FullyShardedDataParallel.
