@@ -53,3 +53,20 @@ def test_the_report_flags_other_jobs_but_not_its_own_threads(start, end, busy):
     results = {"machine": machine, "peak_gflops": {"fp32": 1.0, "bf16": 2.0}, "command": "c", "total_seconds": 1.0}
     text = "\n".join(_machine(results))
     assert ("shared with other jobs" in text) == busy
+
+
+def test_the_compile_section_reports_each_pair_and_when_compiling_pays():
+    from vislm.bench.report import TYPICAL_RUN_STEPS, _compile, headline
+
+    def row(speedup, cold_even):
+        return {"precision": "bf16", "eager_samples_per_s": 100.0,
+                "compiled_samples_per_s": 100.0 * speedup, "speedup": speedup,
+                "cold_compile_seconds": 60.0, "warm_compile_seconds": 2.0,
+                "cold_break_even_steps": cold_even, "warm_break_even_steps": None}
+
+    results = {"compile": {"dual": row(0.98, None), "caption": row(1.4, TYPICAL_RUN_STEPS / 2)}}
+    text = "\n".join(_compile(results))
+    assert "| dual | bf16 | 100.0 | 98.0 | **0.98x** | 60 | 2 |" in text
+    assert "- dual: cold, compiling never pays back" in text
+    assert "- caption: cold, compiling pays back its compile time" in text
+    assert headline(results)["compile_speedup_caption"] == 1.4

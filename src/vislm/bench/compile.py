@@ -1,12 +1,13 @@
-"""Does torch.compile pay on this machine? The dual encoder's bf16 training step, eager
-against compiled (Inductor, default mode), from the same weights.
+"""Does torch.compile pay on this machine? Each pair's bf16 training step (vislm's dual
+encoder and captioner), eager against compiled (Inductor, default mode; what
+`train.compile=inductor` does), from the same weights.
 
 Compile time is measured twice, in a fresh Inductor cache directory: cold (the first run
 on a machine, everything generated and built) and warm (a later run, which finds the
 compiled kernels in Inductor's on-disk cache). Compiling pays when a run wins its compile
 time back through faster steps: break-even = compile seconds / seconds saved per step.
-Fixed shapes here; the trainer's batches are padded per batch, and each new caption
-length would compile again.
+Fixed shapes here; the trainer's batches are padded per batch, so a run meets a few
+caption lengths (after the second, torch.compile makes the length dynamic).
 """
 
 from __future__ import annotations
@@ -41,16 +42,22 @@ def _forget_compiled() -> None:
     clear_caches()
 
 
-def _first_step(model: torch.nn.Module, data: dict, precision: str):
-    step = M.train_step("vislm", "dual", torch.compile(model), data, precision)
+def _first_step(pair: str, model: torch.nn.Module, data: dict, precision: str):
+    step = M.train_step("vislm", pair, torch.compile(model), data, precision)
     start = time.perf_counter()
     step()  # compiles the forward and, through AOTAutograd, the backward
     return step, time.perf_counter() - start
 
 
-def run(sizes: M.Sizes, rounds: int, precision: str = "bf16", log=print) -> dict:
+def run(sizes: M.Sizes, rounds: int, precision: str = "bf16", log=print,
+        pairs=M.PAIRS) -> dict:
+    return {pair: run_pair(pair, sizes, rounds, precision, log) for pair in pairs}
+
+
+def run_pair(pair: str, sizes: M.Sizes, rounds: int, precision: str, log=print) -> dict:
+    torch._dynamo.reset()
     torch.manual_seed(0)
-    models = [M.vislm_model("dual", sizes) for _ in range(3)]  # eager, cold, warm
+    models = [M.vislm_model(pair, sizes) for _ in range(3)]  # eager, cold, warm
     for model in models[1:]:
         model.load_state_dict(models[0].state_dict())
     data = M.batch(sizes)
@@ -59,11 +66,11 @@ def run(sizes: M.Sizes, rounds: int, precision: str = "bf16", log=print) -> dict
             stack.enter_context(attention_for_precision(model, precision))
         directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="vislm-inductor-"))
         stack.enter_context(_fresh_cache(directory))
-        eager_step = M.train_step("vislm", "dual", models[0], data, precision)
-        compiled_step, cold = _first_step(models[1], data, precision)
+        eager_step = M.train_step("vislm", pair, models[0], data, precision)
+        compiled_step, cold = _first_step(pair, models[1], data, precision)
         seconds = interleaved({"eager": eager_step, "compiled": compiled_step}, rounds, 1)
         _forget_compiled()
-        _, warm = _first_step(models[2], data, precision)
+        _, warm = _first_step(pair, models[2], data, precision)
     saved = seconds["eager"] - seconds["compiled"]
     result = {
         "precision": precision,
@@ -76,6 +83,6 @@ def run(sizes: M.Sizes, rounds: int, precision: str = "bf16", log=print) -> dict
     for kind in ("cold", "warm"):
         compile_seconds = result[f"{kind}_compile_seconds"]
         result[f"{kind}_break_even_steps"] = compile_seconds / saved if saved > 0 else None
-    log(f"compile: {result['cold_compile_seconds']:.0f} s cold, "
+    log(f"compile {pair}: {result['cold_compile_seconds']:.0f} s cold, "
         f"{result['warm_compile_seconds']:.0f} s warm, {result['speedup']:.2f}x per step")
     return result
