@@ -148,7 +148,7 @@ def test_fsdp_version_1_is_refused_with_the_flag_that_fixes_it():
     # in FullyShardedDataParallel, which the trainer's checkpoints are not written for.
     from types import SimpleNamespace
 
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType, DynamoBackend
 
     from vislm.config import TrainConfig
     from vislm.errors import ConfigError
@@ -156,7 +156,9 @@ def test_fsdp_version_1_is_refused_with_the_flag_that_fixes_it():
 
     def fsdp(version):
         return SimpleNamespace(mixed_precision="no", gradient_accumulation_steps=1,
-                               distributed_type=DistributedType.FSDP, is_fsdp2=version == 2)
+                               distributed_type=DistributedType.FSDP, is_fsdp2=version == 2,
+                               state=SimpleNamespace(dynamo_plugin=SimpleNamespace(
+                                   backend=DynamoBackend.NO)))
 
     with pytest.raises(ConfigError, match="FSDP version 2 only: launch with --fsdp_version 2"):
         _check_accelerator(fsdp(1), TrainConfig())

@@ -110,8 +110,10 @@ def _machine(results: dict) -> list:
         f"flags: {', '.join(m['cpu_flags']) or 'none of note'}",
         f"- torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}, "
         f"Python {m['python']}",
-        f"- GEMM peak measured in-process (1024^3 and 2048^3 matmuls, best of several): "
-        f"{_f(results['peak_gflops']['fp32'], 0)} GFLOP/s fp32, "
+        f"- GEMM peak measured in-process (1024^3 and 2048^3 matmuls, best of several, the "
+        f"faster of torch's BLAS and oneDNN): {_f(results['peak_gflops']['fp32'], 0)} GFLOP/s "
+        f"fp32 (BLAS {_f(results['peak_gflops'].get('fp32_blas'), 0)}, oneDNN "
+        f"{_f(results['peak_gflops'].get('fp32_onednn'), 0)}), "
         f"{_f(results['peak_gflops']['bf16'], 0)} GFLOP/s bf16",
         f"- Load average (1 min) at start / end: {_f(load[0] and load[0][0], 2)} / "
         f"{_f(load[1] and load[1][0], 2)}" + (

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vislm.models import onednn_linear
 from vislm.models.kv_cache import StaticKV
 from vislm.models.positions import apply_rotary
 
@@ -97,6 +98,17 @@ def self_attention_mask(attention_mask, num_queries: int, num_keys: int, causal:
 
 
 # -----------------------------------------------------------------------------
+# Linear layer
+
+class Linear(nn.Linear):
+    """nn.Linear whose float32 CPU matmuls run through oneDNN where that is faster than
+    the default BLAS (vislm/models/onednn_linear.py). Same parameters, same state dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return onednn_linear.linear(x, self.weight, self.bias)
+
+
+# -----------------------------------------------------------------------------
 # Attention modules
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -121,8 +133,8 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.dropout = dropout
         self.attn_impl = attn_impl
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x, mask=None, causal=False, rope=None, past: Optional[KV] = None):
@@ -158,9 +170,9 @@ class CrossAttention(nn.Module):
         self.heads = heads
         self.dropout = dropout
         self.attn_impl = attn_impl
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(context_dim or dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.kv = Linear(context_dim or dim, 2 * dim)
+        self.proj = Linear(dim, dim)
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x, context=None, context_mask=None, past: Optional[KV] = None):
@@ -184,8 +196,8 @@ class CrossAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
-        self.fc = nn.Linear(dim, hidden)
-        self.proj = nn.Linear(hidden, dim)
+        self.fc = Linear(dim, hidden)
+        self.proj = Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):

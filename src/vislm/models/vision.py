@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vislm.models import onednn_linear
 from vislm.models.layers import Block, init_transformer_weights
 from vislm.registry import VISION_ENCODERS
 
@@ -141,7 +142,7 @@ class ViTEncoder(nn.Module):
         x = pixel_values[:, :, :rows * p, :cols * p]
         x = x.reshape(B, C, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)
         x = x.reshape(B, rows * cols, C * p * p)
-        return F.linear(x, self.patch.weight.flatten(1), self.patch.bias)
+        return onednn_linear.linear(x, self.patch.weight.flatten(1), self.patch.bias)
 
 
 # -----------------------------------------------------------------------------

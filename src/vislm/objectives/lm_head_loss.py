@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from vislm.models import onednn_linear
 from vislm.objectives.lm import lm_loss
 
 # Rows per block of the softmax pass: 64 x 30,522 float32 probabilities are 8 MB, which
@@ -84,8 +85,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(rows.device.type, enabled=False):
             x, w = rows.to(dtype), weight.to(dtype)
             n = targets.numel()
-            # Becomes the logits' gradient, block by block.
-            logits = torch.mm(x, w.t(), out=_logits_buffer(n, w.size(0), dtype, x.device))
+            # Becomes the logits' gradient, block by block. Float32 on CPUs where oneDNN
+            # beats the BLAS goes through oneDNN (vislm/models/onednn_linear.py), which
+            # writes a fresh tensor; everything else reuses one buffer.
+            if onednn_linear.applies(x, w):
+                logits = onednn_linear.matmul_nt(x, w)
+            else:
+                logits = torch.mm(x, w.t(), out=_logits_buffer(n, w.size(0), dtype, x.device))
             total = torch.zeros((), dtype=loss_dtype, device=rows.device)
             for start in range(0, n, chunk_rows):
                 block = logits[start:start + chunk_rows]
@@ -98,9 +104,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     torch.mul(probs.scatter_add_(1, target, minus_one), 1.0 / n, out=block)
             grad_rows = grad_weight = None
             if ctx.needs_input_grad[0]:
-                grad_rows = (logits @ w).to(rows.dtype)
+                grad_rows = onednn_linear.matmul_nt(logits, w.t()).to(rows.dtype)
             if ctx.needs_input_grad[1]:
-                grad_weight = (logits.t() @ x).to(weight.dtype)
+                grad_weight = onednn_linear.weight_grad(logits, x).to(weight.dtype)
         ctx.save_for_backward(grad_rows, grad_weight)
         return total / n
 

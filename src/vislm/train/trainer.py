@@ -719,14 +719,14 @@ def _check_accelerator(acc: Accelerator, cfg: TrainConfig) -> None:
             f"train.grad_accum_steps={cfg.grad_accum_steps} but the accelerator accumulates "
             f"{acc.gradient_accumulation_steps} steps"
         )
-    if _compile_backend(acc) != _dynamo_backend(cfg):
-        raise ConfigError(f"train.compile={cfg.compile} but the accelerator compiles with "
-                          f"{_compile_backend(acc)}")
     if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
         # The trainer shards with PyTorch's fully_shard (FSDP2), written and tested for it
         # (vislm/train/fsdp.py); version 1 wraps the model in FullyShardedDataParallel.
         raise ConfigError("vislm trains with FSDP version 2 only: launch with --fsdp_version 2 "
                           "(or fsdp_version: 2 under fsdp_config in the Accelerate config file)")
+    if _compile_backend(acc) != _dynamo_backend(cfg):
+        raise ConfigError(f"train.compile={cfg.compile} but the accelerator compiles with "
+                          f"{_compile_backend(acc)}")
 
 
 def _check_config(cfg: TrainConfig) -> None:

@@ -1,0 +1,110 @@
+"""Float32 linear layers through oneDNN equal F.linear to float32 rounding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vislm.models import onednn_linear
+from vislm.models.onednn_linear import ENV, linear, matmul_nt, onednn_is_faster, weight_grad
+
+has_kernel = pytest.mark.skipif(onednn_linear._kernel() is None, reason="no oneDNN linear kernel")
+
+
+@pytest.fixture
+def choice(monkeypatch):
+    """Force the library: choice("onednn") / choice("blas")."""
+    def set_choice(value):
+        monkeypatch.setenv(ENV, value)
+        onednn_is_faster.cache_clear()
+    yield set_choice
+    onednn_is_faster.cache_clear()
+
+
+def _close(got, expected):
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@has_kernel
+@pytest.mark.parametrize("shape", [(7, 24), (3, 5, 24)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_forward_and_gradients_equal_f_linear(choice, shape, with_bias):
+    choice("onednn")
+    g = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(*shape, generator=g, requires_grad=True)
+    weight = torch.randn(40, 24, generator=g, requires_grad=True)
+    bias = torch.randn(40, generator=g, requires_grad=True) if with_bias else None
+    grad = torch.randn(*shape[:-1], 40, generator=g)
+    inputs = [x, weight] + ([bias] if with_bias else [])
+
+    out = linear(x, weight, bias)
+    got = torch.autograd.grad(out, inputs, grad)
+    reference = F.linear(x, weight, bias)
+    expected = torch.autograd.grad(reference, inputs, grad)
+    _close(out, reference)
+    for a, b in zip(got, expected):
+        _close(a, b)
+
+
+@has_kernel
+@pytest.mark.parametrize("out_features", [8, 96])  # both orientations of the weight gradient
+def test_helpers_equal_plain_matmuls(choice, out_features):
+    choice("onednn")
+    g = torch.Generator().manual_seed(out_features)
+    grad, x = torch.randn(50, out_features, generator=g), torch.randn(50, 32, generator=g)
+    _close(weight_grad(grad, x), grad.t() @ x)
+    w = torch.randn(out_features, 32, generator=g)
+    _close(matmul_nt(x, w), x @ w.t())
+
+
+def test_blas_choice_single_rows_and_autocast_keep_f_linear(choice, monkeypatch):
+    calls = []
+    monkeypatch.setattr(onednn_linear._Linear, "apply",
+                        staticmethod(lambda *a: calls.append(1) or F.linear(*a)))
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    choice("blas")
+    linear(x, w)
+    choice("onednn")
+    linear(x[:1], w)  # one row
+    linear(x.double(), w.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        linear(x, w)
+    assert not calls
+    if onednn_linear._kernel() is not None:
+        linear(x, w)
+        assert calls == [1]
+
+
+def test_an_unknown_choice_names_the_variable(choice):
+    choice("fastest")
+    with pytest.raises(ValueError, match=ENV):
+        onednn_is_faster()
+
+
+@has_kernel
+def test_flop_counter_counts_the_kernel(choice):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    choice("onednn")
+    x = torch.randn(64, 32, requires_grad=True)
+    w = torch.randn(16, 32, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        linear(x, w).sum().backward()
+    assert counter.get_total_flops() == 3 * 2 * 64 * 32 * 16  # forward + two gradients
+
+
+@has_kernel
+def test_a_transformer_block_is_unchanged_by_the_library(choice):
+    from vislm.models.layers import Block
+
+    torch.manual_seed(0)
+    block = Block(32, 4, cross_attention=True)
+    x, context = torch.randn(2, 6, 32), torch.randn(2, 5, 32)
+    outputs = []
+    for library in ("blas", "onednn"):
+        choice(library)
+        block.zero_grad()
+        y, _ = block(x, causal=True, context=context)
+        y.square().sum().backward()
+        outputs.append((y.detach(), block.mlp.fc.weight.grad.clone()))
+    for a, b in zip(*outputs):
+        _close(a, b)
