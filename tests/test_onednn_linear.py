@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from vislm.models import onednn_linear
-from vislm.models.onednn_linear import ENV, linear, matmul_nt, onednn_is_faster, weight_grad
+from vislm.models.onednn_linear import (ENV, forget_choice, linear, matmul_nt, onednn_is_faster,
+                                        weight_grad)
 
 has_kernel = pytest.mark.skipif(onednn_linear._kernel() is None, reason="no oneDNN linear kernel")
 
@@ -15,9 +16,9 @@ def choice(monkeypatch):
     """Force the library: choice("onednn") / choice("blas")."""
     def set_choice(value):
         monkeypatch.setenv(ENV, value)
-        onednn_is_faster.cache_clear()
+        forget_choice()
     yield set_choice
-    onednn_is_faster.cache_clear()
+    forget_choice()
 
 
 def _close(got, expected):

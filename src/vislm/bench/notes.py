@@ -8,6 +8,15 @@ OPTIMISATIONS = """\
 
 Each item changes speed, not results; each has a test of equivalence with the plain path.
 
+- **Float32 matmuls through oneDNN** (vislm/models/onednn_linear.py): PyTorch runs float32
+  linear layers on the CPU through its BLAS; where oneDNN, which PyTorch also ships, is
+  faster (decided by a timing at the first call; on this AMD CPU the BLAS reaches about half
+  of oneDNN's float32 rate, see the GEMM peaks above), vislm's linear layers, ViT patch
+  embedding and LM-head loss run their forward and both backward matmuls through oneDNN's
+  linear kernel (tests/test_onednn_linear.py: equal to F.linear within 1e-5). The peer runs
+  PyTorch's default: no PyTorch setting sends full-precision float32 matmuls to oneDNN
+  (`torch.backends.mkldnn.matmul.fp32_precision` offers only reduced precisions), so the
+  fp32 ratios include this choice of kernel. bf16 autocast already runs oneDNN on both sides.
 - **bf16 attention** (vislm/train/precision.py): under bf16 autocast on CPU the backward of
   `scaled_dot_product_attention` is several times slower than plain softmax(QK^T)V, so the
   trainer runs bf16 training with the "math" attention and restores the model's setting

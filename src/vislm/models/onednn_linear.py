@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -43,9 +42,25 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _kernel()(x, weight, None, "none", [], "")
 
 
-@lru_cache(maxsize=1)
+_decided: Optional[bool] = None
+
+
 def onednn_is_faster() -> bool:
-    """Whether float32 matmuls go through oneDNN in this process (decided once)."""
+    """Whether float32 matmuls go through oneDNN in this process (decided once; a plain
+    global rather than a cache, which torch.compile would trace through)."""
+    global _decided
+    if _decided is None:
+        _decided = _decide()
+    return _decided
+
+
+def forget_choice() -> None:
+    """Decide again at the next call (after changing VISLM_FP32_MATMUL)."""
+    global _decided
+    _decided = None
+
+
+def _decide() -> bool:
     choice = os.environ.get(ENV, "auto").lower()
     if choice in ("blas", "onednn"):
         return choice == "onednn" and _kernel() is not None
