@@ -9,6 +9,8 @@ import statistics
 import time
 from typing import Callable, Dict
 
+from vislm.timing import best_of  # noqa: F401  (the bench's timings live here)
+
 
 def interleaved(contenders: Dict[str, Callable[[], object]], rounds: int,
                 warmup: int = 1) -> Dict[str, float]:
@@ -28,16 +30,6 @@ def interleaved(contenders: Dict[str, Callable[[], object]], rounds: int,
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of `repeats` calls, in seconds: for a kernel's peak, the least disturbed run."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def median_of(fn: Callable[[], object], repeats: int) -> float:

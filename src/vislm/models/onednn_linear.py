@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from vislm.timing import best_of
 
 ENV = "VISLM_FP32_MATMUL"
 
@@ -85,14 +86,9 @@ def _no_dispatch_modes():
     return _disable_current_modes()
 
 
-def _best_seconds(fn, repeats: int = 5) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _best_seconds(fn) -> float:
+    fn()  # kernel selection and first touch
+    return best_of(fn, 5)
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
