@@ -80,7 +80,7 @@ def _screened_equals_plain(ours, pixels: torch.Tensor, new_tokens: int, never: i
 
 
 def run(sizes: M.Sizes, rounds: int, batch_sizes: Sequence[int] = (1, 16),
-        peak_fp32: float | None = None, log=print) -> dict:
+        log=print) -> dict:
     torch.manual_seed(0)
     ours = M.vislm_model("caption", sizes).eval()
     peers = {attn: M.peer_model("caption", sizes, attn).eval() for attn in ("sdpa", "eager")}
@@ -103,11 +103,6 @@ def run(sizes: M.Sizes, rounds: int, batch_sizes: Sequence[int] = (1, 16),
         row["greedy_gflop"] = _greedy_gflop(ours, pixels, new_tokens, sizes.vocab_size)
         row["screened_tokens_equal_plain"] = _screened_equals_plain(ours, pixels, new_tokens,
                                                                     sizes.vocab_size)
-        if peak_fp32:
-            # The fastest any decoder doing these FLOPs could go (at the fp32 GEMM peak),
-            # over the peer's measured speed.
-            floor = row["greedy_gflop"] / peak_fp32
-            row["greedy_ceiling_ratio"] = seconds[f"hf_{row['peer_greedy_attention']}_greedy"] / floor
         results[f"b{batch}"] = row
         log(f"generate b{batch}: greedy {rate['vislm_greedy']:.0f} vs "
             f"{row['peer_greedy_tokens_per_s']:.0f} tok/s ({row['ratio_greedy']:.2f}x), "

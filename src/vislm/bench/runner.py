@@ -116,8 +116,7 @@ def _run_section(name: str, plan: Plan, results: dict, log) -> dict:
     if name == "generate":
         from vislm.bench import generate
 
-        return generate.run(plan.sizes, plan.generate_rounds,
-                            peak_fp32=results["peak_gflops"]["fp32"], log=log)
+        return generate.run(plan.sizes, plan.generate_rounds, log=log)
     if name == "retrieval":
         return retrieval_bench.run(plan.retrieval, plan.repeats, log=log)
     if name == "data":
