@@ -63,7 +63,8 @@ def vislm_model(pair: str, s: Sizes) -> torch.nn.Module:
 
     if pair == "dual":
         return FUSIONS.create("dual_encoder", vision="vit", vision_kwargs=_vislm_vision(s),
-                              text="encoder", text_kwargs=_vislm_text(s), embed_dim=s.embed_dim)
+                              text="encoder", text_kwargs=_vislm_text(s), embed_dim=s.embed_dim,
+                              image_pool="cls")
     return FUSIONS.create("captioner", vision="vit", vision_kwargs=_vislm_vision(s),
                           text="decoder", text_kwargs=_vislm_text(s))
 

@@ -78,6 +78,21 @@ def padding_mask(attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tenso
     return attention_mask.bool()[:, None, None, :]
 
 
+def mask_at(attention_mask, positions: torch.Tensor, num_keys: int, causal: bool):
+    """(B, 1, 1, S) mask (or None) for one query per row at `positions` (B,): the keys
+    that query sees in full self-attention (padding excluded, later keys too if causal)."""
+    keys = padding_mask(attention_mask)
+    if not causal:
+        return keys
+    seen = torch.arange(num_keys, device=positions.device)[None, :] <= positions[:, None]
+    return seen[:, None, None, :] if keys is None else seen[:, None, None, :] & keys
+
+
+def rows_at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x (B, T, C) at one position per row: (B, 1, C)."""
+    return x[torch.arange(x.size(0), device=x.device), positions][:, None]
+
+
 def self_attention_mask(attention_mask, num_queries: int, num_keys: int, causal: bool):
     """The (mask, causal) pair to pass to `attend` for self-attention.
 
@@ -155,6 +170,23 @@ class SelfAttention(nn.Module):
             cache = (k, v)
         y = attend(q, k, v, mask, causal, self.attn_impl, self.dropout if self.training else 0.0)
         return dropout(self.resid_drop, self.proj(_merge_heads(y))), cache
+
+    def forward_at(self, x, positions, mask=None, rope=None):
+        """`forward(x, ...)[0]` at one query per row, (B, 1, C), with queries projected
+        and attended for those rows only (keys and values still cover every position).
+        `positions` (B,); `mask` from `mask_at`; `rope` as for `forward`."""
+        C = x.size(-1)
+        w_q, w_kv = self.qkv.weight.split([C, 2 * C])
+        b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([C, 2 * C])
+        q = onednn_linear.linear(rows_at(x, positions), w_q, b_q)
+        k, v = onednn_linear.linear(x, w_kv, b_kv).split(C, dim=2)
+        q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
+        if rope is not None:
+            cos, sin = rope
+            q = apply_rotary(q, cos[positions][:, None, None], sin[positions][:, None, None])
+            k = apply_rotary(k, cos, sin)
+        y = attend(q, k, v, mask, False, self.attn_impl, self.dropout if self.training else 0.0)
+        return dropout(self.resid_drop, self.proj(_merge_heads(y)))
 
 
 class CrossAttention(nn.Module):
@@ -235,6 +267,17 @@ class Block(nn.Module):
             x = x + h
         x = x + self.mlp(self.ln_mlp(x))
         return x, (kv + cross_kv if use_cache else None)
+
+    def forward_at(self, x, positions, mask=None, rope=None, context=None, context_mask=None):
+        """`forward(x, ...)[0]` at one position per row, (B, 1, C), computed for those
+        rows only: for a last block of which only a pooled token is read (CLS, end of
+        text), it skips the queries, attention, projections and MLP of every other row.
+        `mask` from `mask_at` (per-query, causal included)."""
+        h = self.attn.forward_at(self.ln_attn(x), positions, mask, rope)
+        x = rows_at(x, positions) + h
+        if self.cross is not None:
+            x = x + self.cross(self.ln_cross(x), context, context_mask)[0]
+        return x + self.mlp(self.ln_mlp(x))
 
 
 # -----------------------------------------------------------------------------

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import torch
 import torch.nn as nn
 
 from vislm.models.argmax_head import ExactArgmaxHead
 from vislm.models.kv_cache import cache_length
 from vislm.models.layers import (Block, dropout, few_row_linear, init_transformer_weights,
-                                 self_attention_mask)
+                                 mask_at, self_attention_mask)
 from vislm.models.positions import is_additive, make_positions
 from vislm.registry import TEXT_MODELS
 
@@ -49,11 +50,14 @@ class TextTransformer(nn.Module):
         init_transformer_weights(self, depth)
 
     def _hidden(self, input_ids, attention_mask=None, image_tokens=None, image_mask=None,
-                past: Optional[Past] = None, use_cache: bool = False):
+                past: Optional[Past] = None, use_cache: bool = False,
+                at: Optional[torch.Tensor] = None):
         """Hidden states (B, T, dim) and the new cache (None unless use_cache).
 
         With `past`, input_ids are the new tokens only and attention_mask (if any) covers
-        past and new tokens, (B, past_len + T).
+        past and new tokens, (B, past_len + T). With `at` (B,) positions (no past, no
+        cache), the hidden states at those positions only, (B, 1, dim): the last block
+        runs for them alone (Block.forward_at).
         """
         if image_tokens is not None and not self.cross_attention:
             raise ValueError("image_tokens given to a text model built without cross_attention")
@@ -70,15 +74,33 @@ class TextTransformer(nn.Module):
             rope = self.positions(start, T)
         x = dropout(self.drop, x)
         mask, causal = self_attention_mask(attention_mask, T, start + T, self.causal)
+        blocks = self.blocks if at is None else self.blocks[:-1]
         caches = []
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(blocks):
             x, cache = block(x, mask, causal, rope, image_tokens, image_mask,
                              None if past is None else past[i], use_cache)
             caches.append(cache)
+        if at is not None:
+            query_mask = mask_at(attention_mask, at, T, self.causal)
+            x = self.blocks[-1].forward_at(x, at, query_mask, rope, image_tokens, image_mask)
         return self.ln_f(x), (tuple(caches) if use_cache else None)
 
     def encode(self, input_ids, attention_mask=None, image_tokens=None, image_mask=None):
         return self._hidden(input_ids, attention_mask, image_tokens, image_mask)[0]
+
+    def encode_at(self, input_ids, positions, attention_mask=None, image_tokens=None,
+                  image_mask=None):
+        """`encode(...)` at one position per row, (B, dim), for a caller that pools a
+        single token ([CLS] first, or the last real token): the same numbers, with the
+        last block computed for those positions only."""
+        B, T = input_ids.shape
+        if positions.shape != (B,):
+            raise ValueError(f"positions has shape {tuple(positions.shape)}, expected {(B,)}")
+        if not self.blocks:
+            return self.encode(input_ids, attention_mask, image_tokens, image_mask)[
+                torch.arange(B, device=input_ids.device), positions]
+        return self._hidden(input_ids, attention_mask, image_tokens, image_mask,
+                            at=positions)[0][:, 0]
 
 
 class TextEncoder(TextTransformer):

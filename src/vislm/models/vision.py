@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vislm.models import onednn_linear
-from vislm.models.layers import Block, init_transformer_weights
+from vislm.models.layers import Block, dropout, init_transformer_weights
 from vislm.registry import VISION_ENCODERS
 
 
@@ -122,13 +122,31 @@ class ViTEncoder(nn.Module):
         return patches + (self.cls is not None)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = self._embed_patches(pixel_values)  # (B, N, dim)
-        if self.cls is not None:
-            x = torch.cat([self.cls.expand(x.size(0), -1, -1), x], dim=1)
-        x = self.drop(x + self.pos)
+        x = self._tokens(pixel_values)
         for block in self.blocks:
             x, _ = block(x)
         return self.ln_f(x)
+
+    def cls_embedding(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`forward(pixel_values)[:, 0]`, the CLS token's output (B, dim), with the last
+        block computed for that token alone: the only output a CLS-pooled image embedding
+        reads (Block.forward_at)."""
+        if self.cls is None:
+            raise ValueError("cls_embedding needs a ViT built with cls_token=True")
+        x = self._tokens(pixel_values)
+        if not self.blocks:
+            return self.ln_f(x[:, 0])
+        for block in self.blocks[:-1]:
+            x, _ = block(x)
+        first = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
+        return self.ln_f(self.blocks[-1].forward_at(x, first))[:, 0]
+
+    def _tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings with the CLS token in front and positions added: (B, N, dim)."""
+        x = self._embed_patches(pixel_values)  # (B, N, dim)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.size(0), -1, -1), x], dim=1)
+        return dropout(self.drop, x + self.pos)
 
     def _embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The patch convolution (kernel = stride = patch) as the matmul it is: cut the

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from vislm.errors import ConfigError
-from vislm.models.fusion.common import build_towers, default_pool, pool
+from vislm.models.fusion.common import build_towers, default_pool, encode_pooled
 from vislm.models.fusion.gmu import GatedMultimodalUnit
 from vislm.objectives.vqa import vqa_soft_bce
 from vislm.registry import FUSIONS, TEXT_MODELS, VISION_ENCODERS
@@ -104,8 +104,7 @@ class LateFusionVQA(nn.Module):
                  attention_mask: torch.Tensor):
         """Pooled image (B, vision.dim) and question (B, text.dim), each from its tower alone."""
         image = self.vision(pixel_values).mean(dim=1)
-        hidden = self.text.encode(input_ids, attention_mask)
-        return image, pool(hidden, attention_mask, self.text_pool)
+        return image, encode_pooled(self.text, input_ids, attention_mask, self.text_pool)
 
     def predict(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:

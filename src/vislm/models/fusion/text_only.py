@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from vislm.errors import ConfigError
 from vislm.generation import greedy_decode
-from vislm.models.fusion.common import default_pool, pool
+from vislm.models.fusion.common import default_pool, encode_pooled
 from vislm.objectives.lm import lm_loss
 from vislm.objectives.vqa import vqa_soft_bce
 from vislm.registry import FUSIONS, TEXT_MODELS
@@ -44,7 +44,7 @@ class TextOnlyVQA(nn.Module):
     def predict(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
         del pixel_values  # never looked at, by design
-        return self.head(pool(self.text.encode(input_ids, attention_mask), attention_mask, self.text_pool))
+        return self.head(encode_pooled(self.text, input_ids, attention_mask, self.text_pool))
 
     def forward(self, batch: dict) -> dict:
         logits = self.predict(None, batch["input_ids"], batch["attention_mask"])

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from vislm.models.fusion.common import build_towers, default_pool, pool, projection
+from vislm.models.fusion.common import build_towers, default_pool, encode_pooled, projection
 from vislm.objectives.vqa import vqa_soft_bce
 from vislm.registry import FUSIONS, TEXT_MODELS, VISION_ENCODERS
 
@@ -32,8 +32,8 @@ class VQAClassifier(nn.Module):
                 attention_mask: torch.Tensor) -> torch.Tensor:
         """Answer logits (B, num_answers)."""
         image_tokens = self.image_proj(self.vision(pixel_values))
-        hidden = self.text.encode(input_ids, attention_mask, image_tokens)
-        return self.head(pool(hidden, attention_mask, self.text_pool))
+        return self.head(encode_pooled(self.text, input_ids, attention_mask, self.text_pool,
+                                       image_tokens))
 
     def forward(self, batch: dict) -> dict:
         logits = self.predict(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
