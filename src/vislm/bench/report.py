@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PAIR_NAMES = {"dual": "dual encoder (ViT + text encoder, ITC)",
+PAIR_NAMES = {"dual": "dual encoder (ViT + text encoder, each pooled by its first token "
+                     "as the peer pools them, ITC)",
               "caption": "captioner (ViT + causal decoder with cross-attention, LM loss)"}
 PEERS = {"dual": "VisionTextDualEncoderModel (ViT + BERT)",
          "caption": "VisionEncoderDecoderModel (ViT + GPT-2, cross-attention)"}

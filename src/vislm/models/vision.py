@@ -156,6 +156,11 @@ class ViTEncoder(nn.Module):
         are dropped, as the strided convolution drops them."""
         B, C, H, W = pixel_values.shape
         p = self.patch_size
+        device = pixel_values.device.type
+        if torch.is_autocast_enabled(device) and pixel_values.is_floating_point():
+            # The matmul casts the patches to the autocast dtype anyway; casting first
+            # makes the strided cut into patches move half the bytes. Same values.
+            pixel_values = pixel_values.to(torch.get_autocast_dtype(device))
         rows, cols = H // p, W // p
         x = pixel_values[:, :, :rows * p, :cols * p]
         x = x.reshape(B, C, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5)
