@@ -70,3 +70,28 @@ def test_the_compile_section_reports_each_pair_and_when_compiling_pays():
     assert "- dual: cold, compiling never pays back" in text
     assert "- caption: cold, compiling pays back its compile time" in text
     assert headline(results)["compile_speedup_caption"] == 1.4
+
+
+@pytest.mark.parametrize("kernel", ["blas", "onednn"])
+def test_matmul_split_counts_the_matmuls_of_either_float32_kernel(monkeypatch, kernel):
+    import torch
+
+    from vislm.bench.train import matmul_split
+    from vislm.models import onednn_linear
+    from vislm.models.layers import Linear
+
+    monkeypatch.setenv(onednn_linear.ENV, kernel)
+    onednn_linear.forget_choice()
+    try:
+        layer = Linear(512, 512)
+        x = torch.randn(512, 512)
+
+        def step():
+            layer(x).sum().backward()
+
+        step()
+        split = matmul_split(step)
+    finally:
+        onednn_linear.forget_choice()
+    # Three 512^3 products per step dwarf the sum and its backward.
+    assert split["matmul_ms"] > split["other_ms"]

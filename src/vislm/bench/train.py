@@ -30,7 +30,9 @@ def _parameters(model: torch.nn.Module) -> int:
 # Ops whose self time is matrix multiplication (the rest of a step: elementwise work,
 # reductions, copies, the optimizer, and dispatch).
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
-              "aten::convolution_backward", "aten::mkldnn_convolution"}
+              "aten::convolution_backward", "aten::mkldnn_convolution",
+              # vislm's float32 linear layers (vislm/models/onednn_linear.py)
+              "mkldnn::_linear_pointwise"}
 
 
 def matmul_split(step, steps: int = 2) -> dict:
