@@ -47,7 +47,7 @@ class Plan:
     data: data_bench.DataSizes
 
 
-FULL = Plan(M.FULL, train_rounds=7, train_warmup=2, generate_rounds=5, allocator_rounds=5,
+FULL = Plan(M.FULL, train_rounds=11, train_warmup=2, generate_rounds=5, allocator_rounds=5,
             compile_rounds=5,
             repeats=3, peak_size=2048, retrieval=retrieval_bench.FULL, data=data_bench.FULL)
 QUICK = Plan(M.QUICK, train_rounds=2, train_warmup=1, generate_rounds=1, allocator_rounds=1,
