@@ -179,3 +179,17 @@ def test_encode_pooled_falls_back_to_pool_of_encode():
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     assert encode_pooled(Plain(), ids, mask, "last").tolist() == [[7, 7], [9, 9]]
     assert encode_pooled(Plain(), ids, mask, "mean").tolist() == [[6, 6], [8.5, 8.5]]
+
+
+def test_dual_encoder_cls_pool_reads_a_frozen_towers_cache():
+    from vislm.models.frozen_cache import cache_frozen_outputs
+
+    model = _dual("cls")
+    model.vision.requires_grad_(False)
+    images = torch.randn(B, 3, 16, 16)
+    plain = model.encode_image(images)
+    cache = cache_frozen_outputs(model.vision)
+    model.encode_image(images)
+    again = model.encode_image(images)
+    assert cache.hits == B  # the second call was served from the cache
+    torch.testing.assert_close(again, plain, atol=1e-6, rtol=1e-6)

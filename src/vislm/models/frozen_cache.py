@@ -90,6 +90,11 @@ def cache_frozen_outputs(module: nn.Module) -> FrozenOutputCache:
     return cache
 
 
+def is_cached(module: nn.Module) -> bool:
+    """Whether `module(...)` answers from a cache of frozen outputs."""
+    return isinstance(module.__dict__.get("forward"), FrozenOutputCache)
+
+
 def uncache(module: nn.Module) -> None:
     if isinstance(module.__dict__.get("forward"), FrozenOutputCache):
         del module.forward

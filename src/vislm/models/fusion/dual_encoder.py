@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vislm.errors import ConfigError
+from vislm.models.frozen_cache import is_cached
 from vislm.models.fusion.common import build_towers, default_pool, encode_pooled
 from vislm.objectives.itc import distributed_itc_loss
 from vislm.registry import FUSIONS, TEXT_MODELS, VISION_ENCODERS
@@ -43,7 +44,9 @@ class DualEncoder(nn.Module):
         self.max_logit_scale = max_logit_scale
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.image_pool == "cls":
+        if self.image_pool == "cls" and is_cached(self.vision):
+            pooled = self.vision(pixel_values)[:, 0]  # a frozen tower's cached tokens
+        elif self.image_pool == "cls":
             # Only the CLS token is read: the ViT's last block runs for it alone.
             pooled = self.vision.cls_embedding(pixel_values)
         else:
