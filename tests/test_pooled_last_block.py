@@ -1,4 +1,4 @@
-"""The last block computed for the pooled token only (Block.forward_at,
+"""The last block computed for the pooled token only (Block(..., at=positions),
 TextTransformer.encode_at, ViTEncoder.cls_embedding, DualEncoder image_pool="cls"):
 the same outputs and gradients as the full computation gathered at those positions,
 for fewer FLOPs."""
@@ -34,7 +34,7 @@ def _assert_same_grads(full, at, atol):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("cross", [False, True])
-def test_block_forward_at_equals_forward_gathered(causal, cross):
+def test_block_at_positions_equals_forward_gathered(causal, cross):
     torch.manual_seed(0)
     block = Block(C, 2, cross_attention=cross)
     x = torch.randn(B, T, C)
@@ -49,8 +49,9 @@ def test_block_forward_at_equals_forward_gathered(causal, cross):
     grads_full = _grads(block)
     block.zero_grad(set_to_none=True)
 
-    at = block.forward_at(x, positions, mask_at(attention_mask, positions, T, causal),
-                          context=context)
+    at, cache = block(x, mask_at(attention_mask, positions, T, causal), context=context,
+                      at=positions)
+    assert cache is None
     assert at.shape == (B, 1, C)
     torch.testing.assert_close(at[:, 0], _gather(full, positions), atol=1e-5, rtol=1e-5)
     (at[:, 0] * weights).sum().backward()

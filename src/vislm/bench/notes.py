@@ -35,7 +35,7 @@ Each item changes speed, not results; each has a test of equivalence with the pl
   float32 scores decide. Same tokens as the float32 argmax (tests/test_argmax_head.py,
   including differences bf16 cannot see; the generation table checks it in this run).
   The head's few rows are computed as W x^T, which streams W once instead of packing it.
-- **Last block for the pooled token only** (Block.forward_at in vislm/models/layers.py,
+- **Last block for the pooled token only** (`Block(..., at=positions)` in vislm/models/layers.py,
   ViTEncoder.cls_embedding, TextTransformer.encode_at): a tower pooled by one token (the
   ViT's CLS token with the dual encoder's `image_pool: cls`, as the peer pools it; a text
   encoder's first token; a causal text model's last real token) has only that row of its

@@ -152,9 +152,14 @@ class SelfAttention(nn.Module):
         self.proj = Linear(dim, dim)
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x, mask=None, causal=False, rope=None, past: Optional[KV] = None):
+    def forward(self, x, mask=None, causal=False, rope=None, past: Optional[KV] = None,
+                at: Optional[torch.Tensor] = None):
         """Returns (output (B,T,C), (k, v) including `past`), keys already rotated; with a
-        static cache (vislm.models.kv_cache) `past` itself, its buffers filled in place."""
+        static cache (vislm.models.kv_cache) `past` itself, its buffers filled in place.
+        With `at` (B,) positions: (the output at those positions (B, 1, C), None); see
+        `_rows_only`."""
+        if at is not None:
+            return self._rows_only(x, at, mask, rope), None
         q, k, v = self.qkv(x).split(x.size(-1), dim=2)
         q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
         if rope is not None:
@@ -171,7 +176,7 @@ class SelfAttention(nn.Module):
         y = attend(q, k, v, mask, causal, self.attn_impl, self.dropout if self.training else 0.0)
         return dropout(self.resid_drop, self.proj(_merge_heads(y))), cache
 
-    def forward_at(self, x, positions, mask=None, rope=None):
+    def _rows_only(self, x, positions, mask=None, rope=None):
         """`forward(x, ...)[0]` at one query per row, (B, 1, C), with queries projected
         and attended for those rows only (keys and values still cover every position).
         `positions` (B,); `mask` from `mask_at`; `rope` as for `forward`."""
@@ -256,8 +261,13 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(mlp_ratio * dim), dropout)
 
     def forward(self, x, mask=None, causal=False, rope=None, context=None, context_mask=None,
-                past=None, use_cache=False):
-        """Returns (x, cache or None)."""
+                past=None, use_cache=False, at: Optional[torch.Tensor] = None):
+        """Returns (x, cache or None). With `at` (B,) positions and `mask` from `mask_at`:
+        (the output at those positions (B, 1, C), None), see `_rows_only`. (A keyword of
+        forward rather than a method of its own, so wrappers that hook a module's call,
+        such as FSDP, see it.)"""
+        if at is not None:
+            return self._rows_only(x, at, mask, rope, context, context_mask), None
         h, kv = self.attn(self.ln_attn(x), mask, causal, rope, None if past is None else past[:2])
         x = x + h
         cross_kv = (None, None)
@@ -268,12 +278,12 @@ class Block(nn.Module):
         x = x + self.mlp(self.ln_mlp(x))
         return x, (kv + cross_kv if use_cache else None)
 
-    def forward_at(self, x, positions, mask=None, rope=None, context=None, context_mask=None):
+    def _rows_only(self, x, positions, mask=None, rope=None, context=None, context_mask=None):
         """`forward(x, ...)[0]` at one position per row, (B, 1, C), computed for those
         rows only: for a last block of which only a pooled token is read (CLS, end of
         text), it skips the queries, attention, projections and MLP of every other row.
         `mask` from `mask_at` (per-query, causal included)."""
-        h = self.attn.forward_at(self.ln_attn(x), positions, mask, rope)
+        h, _ = self.attn(self.ln_attn(x), mask, False, rope, at=positions)
         x = rows_at(x, positions) + h
         if self.cross is not None:
             x = x + self.cross(self.ln_cross(x), context, context_mask)[0]

@@ -57,7 +57,7 @@ class TextTransformer(nn.Module):
         With `past`, input_ids are the new tokens only and attention_mask (if any) covers
         past and new tokens, (B, past_len + T). With `at` (B,) positions (no past, no
         cache), the hidden states at those positions only, (B, 1, dim): the last block
-        runs for them alone (Block.forward_at).
+        runs for them alone (Block's `at`).
         """
         if image_tokens is not None and not self.cross_attention:
             raise ValueError("image_tokens given to a text model built without cross_attention")
@@ -82,7 +82,7 @@ class TextTransformer(nn.Module):
             caches.append(cache)
         if at is not None:
             query_mask = mask_at(attention_mask, at, T, self.causal)
-            x = self.blocks[-1].forward_at(x, at, query_mask, rope, image_tokens, image_mask)
+            x, _ = self.blocks[-1](x, query_mask, False, rope, image_tokens, image_mask, at=at)
         return self.ln_f(x), (tuple(caches) if use_cache else None)
 
     def encode(self, input_ids, attention_mask=None, image_tokens=None, image_mask=None):

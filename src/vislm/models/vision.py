@@ -130,7 +130,7 @@ class ViTEncoder(nn.Module):
     def cls_embedding(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`forward(pixel_values)[:, 0]`, the CLS token's output (B, dim), with the last
         block computed for that token alone: the only output a CLS-pooled image embedding
-        reads (Block.forward_at)."""
+        reads (Block's `at`)."""
         if self.cls is None:
             raise ValueError("cls_embedding needs a ViT built with cls_token=True")
         x = self._tokens(pixel_values)
@@ -139,7 +139,8 @@ class ViTEncoder(nn.Module):
         for block in self.blocks[:-1]:
             x, _ = block(x)
         first = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
-        return self.ln_f(self.blocks[-1].forward_at(x, first))[:, 0]
+        x, _ = self.blocks[-1](x, at=first)
+        return self.ln_f(x)[:, 0]
 
     def _tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Patch embeddings with the CLS token in front and positions added: (B, N, dim)."""
