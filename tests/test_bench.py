@@ -30,6 +30,9 @@ def test_quick_bench_writes_the_json_keys_and_the_markdown(tmp_path, capsys):
     assert "vislm bench --out" in report
     # Fresh pages per step are counted for both sides; the allocator rerun has both sides too.
     assert results["train"]["dual_fp32"]["vislm_fresh_mb_per_step"] >= 0
+    q1, q3 = results["train"]["dual_bf16"]["ratio_quartiles"]
+    assert 0 < q1 <= q3
+    assert "ratio per round (quartiles)" in report
     if "pairs" in results["allocator"]:
         assert set(results["allocator"]["pairs"]) == set(results["train"]) - {"frozen_vision"}
         assert "## Training with glibc keeping freed memory" in report
@@ -95,3 +98,17 @@ def test_matmul_split_counts_the_matmuls_of_either_float32_kernel(monkeypatch, k
         onednn_linear.forget_choice()
     # Three 512^3 products per step dwarf the sum and its backward.
     assert split["matmul_ms"] > split["other_ms"]
+
+
+def test_interleaved_rounds_rotate_and_ratio_quartiles_match_their_definition():
+    from vislm.bench.timing import interleaved_rounds, ratio_quartiles
+
+    order = []
+    times = interleaved_rounds({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                               rounds=3, warmup=1)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]  # rotating start, warm-up first
+    assert [len(v) for v in times.values()] == [3, 3]
+    # Ratios 1, 2, 3, 4, 5 round by round: quartiles at ranks 1.5 and 4.5 of the sorted
+    # ratios (statistics.quantiles' default method), 1.5 and 4.5.
+    assert ratio_quartiles([1.0] * 5, [1.0, 2.0, 3.0, 4.0, 5.0]) == (1.5, 4.5)
+    assert ratio_quartiles([2.0], [3.0]) == (1.5, 1.5)

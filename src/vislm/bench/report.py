@@ -53,6 +53,10 @@ def headline(results: dict) -> dict:
     return out
 
 
+def _quartiles(pair) -> str:
+    return "" if not pair else f"{pair[0]:.2f}-{pair[1]:.2f}"
+
+
 def _pairs(train: dict) -> list:
     """The (pair_precision, row) entries of the train section, without extra rows."""
     return [(key, row) for key, row in train.items() if key != "frozen_vision"]
@@ -141,20 +145,21 @@ def _train(results: dict) -> list:
              f"{s['image_size']} images (patch {s['patch_size']}), text {s['depth']}x{s['dim']}, "
              f"vocabulary {s['vocab_size']:,}, {s['seq_len']} tokens. Median of "
              f"interleaved timed steps after warm-up. Peer = the faster of its `sdpa` and "
-             f"`eager` attention. MFU = counted FLOPs/s over the measured GEMM peak of the "
-             f"precision.", ""]
+             f"`eager` attention; ratio = the medians' ratio, and the quartiles of the ratio "
+             f"within each round (vislm and the peer timed in the same round) show its spread. "
+             f"MFU = counted FLOPs/s over the measured GEMM peak of the precision.", ""]
     rows = []
     for key, r in _pairs(results["train"]):
         pair, precision = key.split("_")
         rows.append([pair, precision, _f(r["vislm_samples_per_s"]), _f(r["hf_sdpa_samples_per_s"]),
                      _f(r["hf_eager_samples_per_s"]), f"**{r['ratio']:.2f}x**",
-                     _pct(r["vislm_mfu"]), _pct(r["peer_mfu"]),
+                     _quartiles(r.get("ratio_quartiles")), _pct(r["vislm_mfu"]), _pct(r["peer_mfu"]),
                      f"{r['vislm_gflop_per_step']:.1f} / {r['peer_gflop_per_step']:.1f}",
                      f"{_f(r.get('vislm_fresh_mb_per_step'), 0)} / "
                      f"{_f(r.get('peer_fresh_mb_per_step'), 0)}",
                      f"{r['vislm_params'] / 1e6:.1f}M / {r['peer_params'] / 1e6:.1f}M"])
     lines += _table(["pair", "precision", "vislm samples/s", "HF sdpa", "HF eager", "ratio",
-                     "vislm MFU", "HF MFU", "GFLOP/step vislm / HF",
+                     "ratio per round (quartiles)", "vislm MFU", "HF MFU", "GFLOP/step vislm / HF",
                      "fresh MB/step vislm / HF", "params vislm / HF"], rows)
     lines += [f"- {pair}: vislm {PAIR_NAMES[pair]} vs `{PEERS[pair]}`" for pair in PAIR_NAMES]
     lines += ["- fresh MB/step: memory the allocator took back from the kernel during a step "

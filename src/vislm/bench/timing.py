@@ -14,7 +14,15 @@ from vislm.timing import best_of  # noqa: F401  (the bench's timings live here)
 
 def interleaved(contenders: Dict[str, Callable[[], object]], rounds: int,
                 warmup: int = 1) -> Dict[str, float]:
-    """Median seconds per call of each contender over `rounds` timed rounds.
+    """Median seconds per call of each contender over `rounds` timed rounds (see
+    `interleaved_rounds`)."""
+    return {name: statistics.median(values)
+            for name, values in interleaved_rounds(contenders, rounds, warmup).items()}
+
+
+def interleaved_rounds(contenders: Dict[str, Callable[[], object]], rounds: int,
+                       warmup: int = 1) -> Dict[str, list]:
+    """Seconds of each contender's call in each of `rounds` timed rounds, in round order.
 
     The first `warmup` rounds are not timed (allocator, oneDNN kernel selection, lazy
     optimizer state). The order rotates every round, so nobody always runs right after
@@ -29,7 +37,17 @@ def interleaved(contenders: Dict[str, Callable[[], object]], rounds: int,
             contenders[name]()
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def ratio_quartiles(ours: list, theirs: list) -> tuple:
+    """First and third quartiles of the per-round speed ratios theirs[i] / ours[i]: how
+    far the ratio of one round strays from the median ratio."""
+    ratios = [t / o for o, t in zip(ours, theirs)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return q1, q3
 
 
 def median_of(fn: Callable[[], object], repeats: int) -> float:

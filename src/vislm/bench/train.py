@@ -11,12 +11,13 @@ the GEMM peak of the same dtype measured in this process (vislm.bench.machine).
 
 from __future__ import annotations
 
+import statistics
 from typing import Dict, Sequence
 
 import torch
 
 from vislm.bench import models as M
-from vislm.bench.timing import fresh_pages_mb, interleaved
+from vislm.bench.timing import fresh_pages_mb, interleaved, interleaved_rounds, ratio_quartiles
 from vislm.models.frozen_cache import cache_frozen_outputs
 from vislm.train.precision import attention_for_precision
 
@@ -61,7 +62,8 @@ def run_pair(pair: str, precision: str, sizes: M.Sizes, rounds: int, warmup: int
         steps = {"vislm": M.train_step("vislm", pair, ours, data, precision)}
         for attn, model in peers.items():
             steps[f"hf_{attn}"] = M.train_step("hf", pair, model, data, precision)
-        seconds = interleaved(steps, rounds, warmup)
+        per_round = interleaved_rounds(steps, rounds, warmup)
+        seconds = {name: statistics.median(values) for name, values in per_round.items()}
         flops_ours = M.count_flops("vislm", pair, ours, data, precision)
         best = min(PEER_ATTENTION, key=lambda attn: seconds[f"hf_{attn}"])
         fresh = {"vislm": fresh_pages_mb(steps["vislm"]),
@@ -79,6 +81,8 @@ def run_pair(pair: str, precision: str, sizes: M.Sizes, rounds: int, warmup: int
         "peer_attention": best,
         "peer_samples_per_s": rate(f"hf_{best}"),
         "ratio": rate("vislm") / rate(f"hf_{best}"),
+        # Quartiles of the ratio round by round (vislm and the peer ran in the same round).
+        "ratio_quartiles": ratio_quartiles(per_round["vislm"], per_round[f"hf_{best}"]),
         "vislm_gflop_per_step": flops_ours / 1e9,
         "peer_gflop_per_step": flops_peer / 1e9,
         "vislm_mfu": flops_ours / seconds["vislm"] / peak,
