@@ -1,5 +1,6 @@
 """Attention kernels, masks, blocks and position encodings."""
 
+import copy
 import math
 
 import pytest
@@ -261,3 +262,30 @@ def test_vit_patch_matmul_equals_the_strided_convolution(size):
     pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(size))
     expected = vit.patch(pixels).flatten(2).transpose(1, 2)
     torch.testing.assert_close(vit._embed_patches(pixels), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_cnn_channels_last_is_as_accurate_as_nchw(norm):
+    """Channels-last and NCHW sum in different orders: both are compared with a float64
+    reference, and channels-last must be about as close to it as NCHW is."""
+    from vislm.models.vision import ResNetEncoder
+
+    torch.manual_seed(0)
+    cnn = ResNetEncoder(image_size=32, dim=24, widths=(8, 16, 16), norm=norm)
+    pixels = torch.randn(4, 3, 32, 32)
+
+    def run(model, layout, dtype):
+        model.channels_last = layout
+        model.zero_grad(set_to_none=True)
+        tokens = model(pixels.to(dtype))
+        tokens.square().sum().backward()
+        return [tokens.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    reference = run(copy.deepcopy(cnn).double(), False, torch.float64)
+    channels_last, nchw = run(cnn, True, torch.float32), run(cnn, False, torch.float32)
+    assert all(p.is_contiguous() for p in cnn.parameters())  # weights keep their layout
+    for ours, theirs, exact in zip(channels_last, nchw, reference):
+        error_ours = (ours.double() - exact).abs().max().item()
+        error_theirs = (theirs.double() - exact).abs().max().item()
+        scale = exact.abs().max().item()
+        assert error_ours <= 4 * error_theirs + 1e-6 * scale, (error_ours, error_theirs)
