@@ -194,3 +194,26 @@ def test_dual_encoder_cls_pool_reads_a_frozen_towers_cache():
     again = model.encode_image(images)
     assert cache.hits == B  # the second call was served from the cache
     torch.testing.assert_close(again, plain, atol=1e-6, rtol=1e-6)
+
+
+def test_block_at_positions_calls_a_wrapped_qkv_projection():
+    """An adapter that replaced the fused QKV layer (as LoRA does) is called, not bypassed
+    through the weight it wraps."""
+    torch.manual_seed(4)
+    block = Block(C, 2)
+
+    class Shifted(torch.nn.Module):  # the wrapped layer plus a visible change
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.weight, self.bias = inner.weight, inner.bias
+
+        def forward(self, x):
+            return self.inner(x) + 0.5
+
+    block.attn.qkv = Shifted(block.attn.qkv)
+    x = torch.randn(B, T, C)
+    positions = torch.tensor([0, 2, 6])
+    full, _ = block(x)
+    at, _ = block(x, at=positions)
+    torch.testing.assert_close(at[:, 0], _gather(full, positions), atol=1e-5, rtol=1e-5)

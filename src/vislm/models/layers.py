@@ -123,6 +123,14 @@ class Linear(nn.Linear):
         return onednn_linear.linear(x, self.weight, self.bias)
 
 
+def _plain_linear(module: nn.Module) -> bool:
+    """Whether `module` computes exactly F.linear(x, module.weight, module.bias), so that
+    slices of its weight may be used on their own (not so for an adapter such as LoRA
+    that replaced the layer, or a layer with forward hooks)."""
+    return (isinstance(module, nn.Linear) and not module._forward_hooks
+            and not module._forward_pre_hooks)
+
+
 # -----------------------------------------------------------------------------
 # Attention modules
 
@@ -181,10 +189,14 @@ class SelfAttention(nn.Module):
         and attended for those rows only (keys and values still cover every position).
         `positions` (B,); `mask` from `mask_at`; `rope` as for `forward`."""
         C = x.size(-1)
-        w_q, w_kv = self.qkv.weight.split([C, 2 * C])
-        b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([C, 2 * C])
-        q = onednn_linear.linear(rows_at(x, positions), w_q, b_q)
-        k, v = onednn_linear.linear(x, w_kv, b_kv).split(C, dim=2)
+        if _plain_linear(self.qkv):
+            w_q, w_kv = self.qkv.weight.split([C, 2 * C])
+            b_q, b_kv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([C, 2 * C])
+            q = onednn_linear.linear(rows_at(x, positions), w_q, b_q)
+            k, v = onednn_linear.linear(x, w_kv, b_kv).split(C, dim=2)
+        else:  # a wrapped projection (an adapter, hooks): call it, keep the rows
+            q, k, v = self.qkv(x).split(C, dim=2)
+            q = rows_at(q, positions)
         q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
         if rope is not None:
             cos, sin = rope
