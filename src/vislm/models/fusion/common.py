@@ -69,7 +69,7 @@ def encode_pooled(text_model: nn.Module, input_ids: torch.Tensor,
 
     Pooling one token ("first", "last") from a vislm text model reads one row of the last
     block's output, so that block runs for that row alone (TextTransformer.encode_at):
-    the same numbers, a quarter less work in a 4-layer tower.
+    the same numbers, about a fifth less work in a 4-layer tower.
     """
     if how in ("first", "last") and hasattr(text_model, "encode_at"):
         positions = pool_positions(attention_mask, input_ids.shape, how, input_ids.device)
