@@ -212,15 +212,17 @@ def test_fsdp_two_processes_save_the_full_state_and_resume_exactly(world, tmp_pa
     run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "vislm.cli",
          "train", str(CONFIG), f"data.root={world}", *TINY, f"tokenizer.path={whole / 'tokenizer'}",
          "--out", str(ddp)], tmp_path)
-    # The first step differs by that rounding alone. Later ones by more, now and then:
-    # AdamW moves a weight by about the learning rate whatever the size of its gradient, so
-    # a near-zero gradient entry whose sign the rounding flips moves it the other way
-    # (measured: typically 1e-7 on the loss, once 4e-5 at step 4).
+    # The first step differs by that rounding alone: a wrong reduction (a sum for a mean,
+    # a missing shard) shows there. Later steps differ by more, now and then: AdamW moves a
+    # weight by about the learning rate whatever the size of its gradient, so a near-zero
+    # gradient entry whose sign the rounding flips moves it the other way, and batch norm
+    # over 4 images amplifies it (measured over 32 runs: typically 1e-7 on the loss; in 4,
+    # up to 4e-5 on the loss and 1.5e-3 on the gradient norm by step 9).
     for a, b in zip(logged(ddp), logged(whole), strict=True):
         assert a.keys() == b.keys() and a["step"] == b["step"], (a, b)
         if "loss" in a:
             first = a["step"] == 1
             assert a["loss"] == pytest.approx(b["loss"], abs=1e-6 if first else 1e-3), a["step"]
-            assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5 if first else 1e-3), a["step"]
+            assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5 if first else 1e-2), a["step"]
         else:
             assert a["eval"] == pytest.approx(b["eval"], abs=1e-3), a["step"]
