@@ -16,8 +16,12 @@ def interleaved(contenders: Dict[str, Callable[[], object]], rounds: int,
                 warmup: int = 1) -> Dict[str, float]:
     """Median seconds per call of each contender over `rounds` timed rounds (see
     `interleaved_rounds`)."""
-    return {name: statistics.median(values)
-            for name, values in interleaved_rounds(contenders, rounds, warmup).items()}
+    return medians(interleaved_rounds(contenders, rounds, warmup))
+
+
+def medians(per_round: Dict[str, list]) -> Dict[str, float]:
+    """The median of each contender's timed rounds."""
+    return {name: statistics.median(values) for name, values in per_round.items()}
 
 
 def interleaved_rounds(contenders: Dict[str, Callable[[], object]], rounds: int,

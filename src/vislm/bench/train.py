@@ -11,13 +11,13 @@ the GEMM peak of the same dtype measured in this process (vislm.bench.machine).
 
 from __future__ import annotations
 
-import statistics
 from typing import Dict, Sequence
 
 import torch
 
 from vislm.bench import models as M
-from vislm.bench.timing import fresh_pages_mb, interleaved, interleaved_rounds, ratio_quartiles
+from vislm.bench.timing import (fresh_pages_mb, interleaved, interleaved_rounds, medians,
+                                ratio_quartiles)
 from vislm.models.frozen_cache import cache_frozen_outputs
 from vislm.train.precision import attention_for_precision
 
@@ -63,7 +63,7 @@ def run_pair(pair: str, precision: str, sizes: M.Sizes, rounds: int, warmup: int
         for attn, model in peers.items():
             steps[f"hf_{attn}"] = M.train_step("hf", pair, model, data, precision)
         per_round = interleaved_rounds(steps, rounds, warmup)
-        seconds = {name: statistics.median(values) for name, values in per_round.items()}
+        seconds = medians(per_round)
         flops_ours = M.count_flops("vislm", pair, ours, data, precision)
         best = min(PEER_ATTENTION, key=lambda attn: seconds[f"hf_{attn}"])
         fresh = {"vislm": fresh_pages_mb(steps["vislm"]),
