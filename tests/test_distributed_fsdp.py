@@ -85,6 +85,13 @@ TINY = [
     # after each epoch, a checkpoint every 4 steps and at each epoch's end, all kept.
     "train.grad_accum_steps=2", "train.epochs=2", "train.eval_every=1", "train.save_every_steps=4",
     "train.keep_last=0",
+    # A tenth of the demo's rate. In a model this small, at 2e-3, the rounding by which
+    # FSDP's gradients differ from DDP's grows chaotically over the steps (AdamW moves a
+    # weight by about the learning rate whatever its gradient's size, so a near-zero
+    # entry whose sign the rounding flips moves the other way): over 44 runs, typically
+    # 1e-5 on the gradient norm by step 10, 2e-3 in three, 1.6e-2 once. At 2e-4 the
+    # worst of 20 runs was 6e-6 on the gradient norm and 1e-6 on the loss.
+    "train.lr=0.0002",
 ]
 
 
@@ -213,16 +220,12 @@ def test_fsdp_two_processes_save_the_full_state_and_resume_exactly(world, tmp_pa
          "train", str(CONFIG), f"data.root={world}", *TINY, f"tokenizer.path={whole / 'tokenizer'}",
          "--out", str(ddp)], tmp_path)
     # The first step differs by that rounding alone: a wrong reduction (a sum for a mean,
-    # a missing shard) shows there. Later steps differ by more, now and then: AdamW moves a
-    # weight by about the learning rate whatever the size of its gradient, so a near-zero
-    # gradient entry whose sign the rounding flips moves it the other way, and batch norm
-    # over 4 images amplifies it (measured over 32 runs: typically 1e-7 on the loss; in 4,
-    # up to 4e-5 on the loss and 1.5e-3 on the gradient norm by step 9).
+    # a missing shard) shows there; a wrong sharded optimizer step shows from the second.
     for a, b in zip(logged(ddp), logged(whole), strict=True):
         assert a.keys() == b.keys() and a["step"] == b["step"], (a, b)
         if "loss" in a:
             first = a["step"] == 1
-            assert a["loss"] == pytest.approx(b["loss"], abs=1e-6 if first else 1e-3), a["step"]
-            assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5 if first else 1e-2), a["step"]
+            assert a["loss"] == pytest.approx(b["loss"], abs=1e-6 if first else 1e-4), a["step"]
+            assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5 if first else 1e-3), a["step"]
         else:
             assert a["eval"] == pytest.approx(b["eval"], abs=1e-3), a["step"]
