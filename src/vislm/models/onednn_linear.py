@@ -22,7 +22,9 @@ dual-encoder training step). `_AutocastLinear` casts as autocast does and passes
 to the kernel, which adds it in its epilogue; its backward is autocast's (bf16 products,
 gradients returned in each input's dtype). Used while training (grad enabled), where
 autocast casts each weight once per forward anyway; inference keeps F.linear and
-autocast's cache of cast weights (a decoding loop reuses them every token).
+autocast's cache of cast weights (a decoding loop reuses them every token). Under
+torch.compile, F.linear too: Inductor fuses the bias itself, and cannot lower the kernel
+inside a compiled autograd Function in bf16.
 
 Single rows (batch-1 decoding), other devices and dtypes keep F.linear.
 """
@@ -113,7 +115,7 @@ def autocast_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_grad_enabled()
             and x.dtype in _AUTOCAST_INPUTS and weight.dtype in _AUTOCAST_INPUTS
-            and x.numel() > x.size(-1) and _bf16_kernel())
+            and x.numel() > x.size(-1) and not torch.compiler.is_compiling() and _bf16_kernel())
 
 
 _AUTOCAST_INPUTS = (torch.float32, torch.bfloat16)
