@@ -81,3 +81,27 @@ def test_empty_corpus_and_unknown_kind():
         train_tokenizer(["", "  "])
     with pytest.raises(ValueError, match="tokenizer.kind"):
         train_tokenizer(CORPUS, kind="sentencepiece")
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_training_is_repeatable(kind):
+    # The `tokenizers` trainers alone number the characters' word-position variants in
+    # a hash map's order, different in every call: over six trainings on the shapes
+    # captions, six different vocabularies. Here every training gives the same one.
+    runs = {train_tokenizer(CORPUS, vocab_size=60, kind=kind).backend.to_str() for _ in range(4)}
+    assert len(runs) == 1
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_character_pieces_are_ordinary_tokens(kind):
+    tokenizer = train_tokenizer(CORPUS, vocab_size=60, kind=kind)
+    piece = "##j" if kind == "wordpiece" else "j</w>"  # no "j" in the corpus
+    assert tokenizer.backend.token_to_id(piece) is None
+    piece = "##e" if kind == "wordpiece" else "e</w>"
+    assert tokenizer.backend.token_to_id(piece) is not None
+    # Not special: kept when decoding without special tokens, never matched in raw text.
+    special = {t.content for t in tokenizer.backend.get_added_tokens_decoder().values()}
+    assert piece not in special and "[BOS]" in special
+    text = "the diamond above the star"
+    assert tokenizer.decode(tokenizer([text], max_len=20)[0][0].tolist()) == text
+    assert tokenizer.backend.encode(piece).tokens != ["[BOS]", piece, "[EOS]"]

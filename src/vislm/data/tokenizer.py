@@ -133,15 +133,13 @@ class TextTokenizer:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, kind: str = "wordpiece",
                     lowercase: bool = True) -> TextTokenizer:
-    """Train a tokenizer on a corpus (captions, questions) with the `tokenizers` library."""
+    """Train a tokenizer on a corpus (captions, questions) with the `tokenizers` library.
+    The same corpus and settings give the same vocabulary, with the same ids, every time."""
     if kind == "wordpiece":
         backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS))
         backend.decoder = decoders.WordPiece()
     elif kind == "bpe":
         backend = Tokenizer(models.BPE(unk_token="[UNK]"))
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                      end_of_word_suffix="</w>")
         backend.decoder = decoders.BPEDecoder(suffix="</w>")
     else:
         raise ValueError(f"tokenizer.kind: expected 'wordpiece' or 'bpe', got {kind!r}")
@@ -151,8 +149,44 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, kind: str = "w
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise DataError("cannot train a tokenizer on an empty corpus")
+    # The trainers number the word-position variants of single characters ("##e" inside a
+    # word for WordPiece, "e</w>" at a word's end for BPE) in the iteration order of a hash
+    # map seeded anew in every process, and break ties between equally frequent merges by
+    # those numbers: the same corpus gave other ids, and now and then other merges, from
+    # one run to the next (huggingface/tokenizers#1794). Listed up front, sorted, as extra
+    # special tokens, they get fixed ids, and the merges follow; afterwards they are made
+    # ordinary vocabulary again.
+    pieces = _character_pieces(backend, texts, kind)
+    specials = list(SPECIAL_TOKENS) + pieces
+    if kind == "wordpiece":
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    else:
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      end_of_word_suffix="</w>")
     backend.train_from_iterator(texts, trainer=trainer)
+    backend = _as_ordinary_tokens(backend, set(pieces))
     bos, eos = backend.token_to_id("[BOS]"), backend.token_to_id("[EOS]")
     backend.post_processor = processors.TemplateProcessing(
         single="[BOS] $A [EOS]", special_tokens=[("[BOS]", bos), ("[EOS]", eos)])
     return TextTokenizer(backend)
+
+
+def _character_pieces(backend: Tokenizer, texts: Sequence[str], kind: str) -> List[str]:
+    """The single-character tokens the trainer would create while reading the words of
+    `texts` (normalised and split as the tokenizer will), other than the bare characters."""
+    inner, last = set(), set()
+    for text in texts:
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
+            inner.update(word[1:])
+            last.add(word[-1])
+    if kind == "wordpiece":
+        return sorted("##" + c for c in inner)
+    return sorted(c + "</w>" for c in last)
+
+
+def _as_ordinary_tokens(backend: Tokenizer, tokens: set) -> Tokenizer:
+    """`backend` with `tokens` kept in its vocabulary but no longer matched in raw text
+    or dropped when decoding, as special tokens are."""
+    spec = json.loads(backend.to_str())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] not in tokens]
+    return Tokenizer.from_str(json.dumps(spec))
