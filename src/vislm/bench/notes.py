@@ -17,6 +17,12 @@ Each item changes speed, not results; each has a test of equivalence with the pl
   PyTorch's default: no PyTorch setting sends full-precision float32 matmuls to oneDNN
   (`torch.backends.mkldnn.matmul.fp32_precision` offers only reduced precisions), so the
   fp32 ratios include this choice of kernel. bf16 autocast already runs oneDNN on both sides.
+- **bf16 linear layers with the bias in the kernel** (same file): under bf16 autocast PyTorch
+  computes a linear layer as addmm, which first copies the bias into every row of the
+  output and then accumulates the product onto it. While training, vislm's linear layers
+  cast as autocast does and hand the bias to oneDNN's linear kernel, which adds it in its
+  epilogue: one pass fewer over the largest activations (tests/test_onednn_linear.py: the
+  same gradients as autocast's F.linear, the output within one bf16 rounding step).
 - **bf16 attention** (vislm/train/precision.py): under bf16 autocast on CPU the backward of
   `scaled_dot_product_attention` is several times slower than plain softmax(QK^T)V, so the
   trainer runs bf16 training with the "math" attention and restores the model's setting
