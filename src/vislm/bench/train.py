@@ -32,7 +32,7 @@ def _parameters(model: torch.nn.Module) -> int:
 # reductions, copies, the optimizer, and dispatch).
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
               "aten::convolution_backward", "aten::mkldnn_convolution",
-              # vislm's float32 linear layers (vislm/models/onednn_linear.py)
+              # vislm's linear layers, float32 and bf16 (vislm/models/onednn_linear.py)
               "mkldnn::_linear_pointwise"}
 
 

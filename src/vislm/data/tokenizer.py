@@ -150,10 +150,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, kind: str = "w
     if not texts:
         raise DataError("cannot train a tokenizer on an empty corpus")
     # The trainers number the word-position variants of single characters ("##e" inside a
-    # word for WordPiece, "e</w>" at a word's end for BPE) in the iteration order of a hash
-    # map seeded anew in every process, and break ties between equally frequent merges by
-    # those numbers: the same corpus gave other ids, and now and then other merges, from
-    # one run to the next (huggingface/tokenizers#1794). Listed up front, sorted, as extra
+    # word for WordPiece, "e</w>" at a word's end for BPE) in the iteration order of a
+    # randomly seeded hash map, and break ties between equally frequent merges by those
+    # numbers: the same corpus gave other ids, and now and then other merges, from one
+    # training to the next (huggingface/tokenizers#1794). Listed up front, sorted, as extra
     # special tokens, they get fixed ids, and the merges follow; afterwards they are made
     # ordinary vocabulary again.
     pieces = _character_pieces(backend, texts, kind)
@@ -175,7 +175,7 @@ def _character_pieces(backend: Tokenizer, texts: Sequence[str], kind: str) -> Li
     """The single-character tokens the trainer would create while reading the words of
     `texts` (normalised and split as the tokenizer will), other than the bare characters."""
     inner, last = set(), set()
-    for text in texts:
+    for text in dict.fromkeys(texts):  # each distinct text once
         for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
             inner.update(word[1:])
             last.add(word[-1])

@@ -32,6 +32,7 @@ Single rows (batch-1 decoding), other devices and dtypes keep F.linear.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Optional
 
@@ -121,6 +122,7 @@ def autocast_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 _AUTOCAST_INPUTS = (torch.float32, torch.bfloat16)
 
 
+@functools.cache  # asked at every linear call; not reached under torch.compile
 def _bf16_kernel() -> bool:
     if _kernel() is None or not torch.backends.mkldnn.is_available():
         return False
