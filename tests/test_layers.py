@@ -67,6 +67,60 @@ def test_attend_matches_explicit_softmax():
         torch.testing.assert_close(attend(q, k, v, mask, impl=impl), expected, **TOL)
 
 
+def _fused_qkv(B=3, T=6, H=4, D=16, seed=1, dtype=torch.float32):
+    """q, k, v as strided views of one (B, T, 3C) projection, as SelfAttention makes them."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, T, 3 * H * D, generator=g).to(dtype).requires_grad_()
+    views = [t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2)]
+    return qkv, views
+
+
+@pytest.mark.parametrize("case", ["padding", "causal", "fully masked row"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_math_attention_function_equals_the_plain_path(monkeypatch, case, precision):
+    from vislm.models.layers import _MathAttention
+
+    mask = {"padding": _padding(3, 6, [6, 4, 1]), "causal": None,
+            "fully masked row": torch.zeros(3, 1, 6, 6, dtype=torch.bool)}[case]
+    mask = None if mask is None else mask.clone()
+    if case == "fully masked row":
+        mask[0] = True
+        mask[1, :, 2:] = True  # row 1 queries 0-1 see nothing: uniform, as the plain path
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    results = []
+    for function in (True, False):
+        monkeypatch.setattr(_MathAttention, "applies", staticmethod(lambda *a, f=function: f))
+        qkv, (q, k, v) = _fused_qkv(dtype=dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = attend(q, k, v, mask, causal=case == "causal", impl="math")
+        grad_out = torch.linspace(-1, 1, out.numel()).view_as(out).to(out.dtype)
+        (grad,) = torch.autograd.grad(out, qkv, grad_out)
+        results.append((out.float(), grad.float()))
+    (out, grad), (plain_out, plain_grad) = results
+    tol = TOL if precision == "fp32" else dict(atol=2e-2, rtol=2e-2)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, plain_out, **tol)
+    torch.testing.assert_close(grad, plain_grad, **tol)
+
+
+def test_math_attention_function_only_while_training(monkeypatch):
+    from vislm.models.layers import _MathAttention
+
+    calls = []
+    apply = _MathAttention.apply
+    monkeypatch.setattr(_MathAttention, "apply", lambda *a: calls.append(1) or apply(*a))
+    _, (q, k, v) = _fused_qkv()
+    with torch.no_grad():
+        attend(q, k, v, impl="math")  # decoding: the cache is read in place
+    attend(q, k, v, impl="math", dropout_p=0.1)  # dropout keeps the plain path
+    attend(q.detach(), k.detach(), v.detach(), impl="math")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attend(q, k, v, impl="math")  # float32 inputs under bf16 autocast
+    assert not calls
+    attend(q, k, v, impl="math")
+    assert calls == [1]
+
+
 def test_causal_mask_with_offset():
     # 2 new queries at positions 3 and 4 of a 5-key sequence.
     expected = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)

@@ -28,6 +28,11 @@ Each item changes speed, not results; each has a test of equivalence with the pl
   trainer runs bf16 training with the "math" attention and restores the model's setting
   after (tests/test_precision.py: same loss and gradients within bf16 rounding). fp32 keeps
   the fused kernel (equal speed there).
+  That plain path is one autograd Function while training (`_MathAttention` in
+  vislm/models/layers.py): q, k and v, strided views of the fused projection, are each
+  copied once (q already scaled), the batched products read transposed operands in place,
+  and the backward is written out, where autograd's matmuls copied each operand again
+  (tests/test_layers.py: equal to the plain path, fully masked rows included).
 - **Fused LM head + cross-entropy** (vislm/objectives/lm_head_loss.py): the captioner's loss
   is computed from the hidden states: one GEMM writes all logits in the compute dtype into
   a buffer the process keeps (so no step pays page faults for it), and blocks of 64

@@ -41,9 +41,12 @@ def attend(q, k, v, mask=None, causal=False, impl="sdpa", dropout_p=0.0):
     if impl != "math":
         raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
     # The plain path: on CPU its bf16 backward is faster than the fused kernel.
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+    scale = 1.0 / math.sqrt(q.size(-1))
     if causal:
         mask = causal_mask(q.size(-2), k.size(-2), q.device)
+    if dropout_p == 0.0 and _MathAttention.applies(q, k, v):
+        return _MathAttention.apply(q, k, v, mask, scale)
+    att = (q @ k.transpose(-2, -1)) * scale
     if mask is not None:
         # The most negative finite value rather than -inf: a fully masked row then stays
         # finite (uniform) instead of NaN; partly masked rows are identical to sdpa.
@@ -52,6 +55,60 @@ def attend(q, k, v, mask=None, causal=False, impl="sdpa", dropout_p=0.0):
     if dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
     return att @ v
+
+
+class _MathAttention(torch.autograd.Function):
+    """The plain path's softmax(q k^T * scale + mask) v with its layouts chosen by hand.
+
+    q, k and v arrive as strided views of a fused projection, which autograd's matmuls
+    copy in forward and again, transposed, in backward. Here each is copied once into
+    (B*H, T, D) (q already scaled, which spares a pass over the scores), the batched
+    products read transposed operands as they are, and the backward is written out.
+    Same products and softmax as the plain path (tests/test_layers.py)."""
+
+    @staticmethod
+    def applies(q, k, v) -> bool:
+        """Training only (decoding reads a cache the copies would repeat every token), in
+        one dtype, and not under torch.compile (Inductor fuses the plain path itself)."""
+        device = q.device.type
+        return (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+                and q.dtype == k.dtype == v.dtype and not torch.compiler.is_compiling()
+                and (not torch.is_autocast_enabled(device)
+                     or q.dtype == torch.get_autocast_dtype(device)))
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale: float):
+        B, H, T, D = q.shape
+        S = k.size(2)
+        q = torch.mul(q, scale, out=torch.empty(B, H, T, D, dtype=q.dtype, device=q.device))
+        k, v = k.contiguous(), v.contiguous()
+        att = torch.bmm(q.view(B * H, T, D), k.view(B * H, S, D).transpose(1, 2))
+        if mask is not None:
+            att.view(B, H, T, S).masked_fill_(~mask, torch.finfo(att.dtype).min)
+        probs = att.softmax(dim=-1)
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.scale, ctx.mask = scale, mask
+        return torch.bmm(probs, v.view(B * H, S, D)).view(B, H, T, D)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q, k, v, probs = ctx.saved_tensors
+        B, H, T, D = q.shape
+        S = k.size(2)
+        q, k, v = q.view(B * H, T, D), k.view(B * H, S, D), v.view(B * H, S, D)
+        grad = grad.reshape(B * H, T, D)
+        grad_probs = torch.bmm(grad, v.transpose(1, 2))
+        grad_v = torch.bmm(probs.transpose(1, 2), grad)
+        grad_att = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        if ctx.mask is not None:
+            # The plain path's fill passes no gradient to masked scores (it matters for a
+            # fully masked row, whose probabilities are uniform rather than zero).
+            grad_att.view(B, H, T, S).masked_fill_(~ctx.mask, 0.0)
+        grad_q = torch.bmm(grad_att, k).mul_(ctx.scale)
+        grad_k = torch.bmm(grad_att.transpose(1, 2), q)  # q is already scaled
+        return (grad_q.view(B, H, T, D), grad_k.view(B, H, S, D), grad_v.view(B, H, S, D),
+                None, None)
 
 
 def dropout(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
