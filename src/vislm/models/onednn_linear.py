@@ -111,15 +111,15 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu") and onednn_is_faster())
 
 
+_AUTOCAST_INPUTS = (torch.float32, torch.bfloat16)
+
+
 def autocast_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether F.linear would run as a bf16 autocast training product on this CPU."""
     return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_grad_enabled()
             and x.dtype in _AUTOCAST_INPUTS and weight.dtype in _AUTOCAST_INPUTS
             and x.numel() > x.size(-1) and not torch.compiler.is_compiling() and _bf16_kernel())
-
-
-_AUTOCAST_INPUTS = (torch.float32, torch.bfloat16)
 
 
 @functools.cache  # asked at every linear call; not reached under torch.compile
