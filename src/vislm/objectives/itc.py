@@ -46,6 +46,34 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for each shard at its owner.
+
+    Written here rather than taken from `torch.distributed.nn.functional.all_gather`
+    (deprecated): that one keeps a reference to the process group after the graph is
+    freed, so `destroy_process_group` cannot stop the group's worker threads, and a
+    worker thread that releases its last collective while the interpreter shuts down
+    aborts the process (pytorch/pytorch#190489).
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.contiguous()
+        out = t.new_empty((dist.get_world_size() * t.size(0),) + t.shape[1:])
+        dist.all_gather_into_tensor(out, t)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # Summing the whole (R B, ...) gradient over ranks and keeping this rank's rows
+        # moves R times more than a reduce-scatter, but works on every backend (gloo has
+        # no reduce-scatter) and the gathered tensors are embeddings, (R B, E).
+        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce is in place
+        dist.all_reduce(grad)
+        B = grad.size(0) // dist.get_world_size()
+        return grad[dist.get_rank() * B:(dist.get_rank() + 1) * B]
+
+
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     """(B, ...) on each of R ranks -> (R * B, ...), rank order, on every rank.
 
@@ -55,9 +83,7 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     """
     if not _distributed():
         return t
-    from torch.distributed.nn.functional import all_gather  # only where distributed exists
-
-    return torch.cat(all_gather(t), dim=0)
+    return _GatherWithGrad.apply(t)
 
 
 def _gather_no_grad(t: torch.Tensor) -> torch.Tensor:
