@@ -163,3 +163,23 @@ def test_fsdp_version_1_is_refused_with_the_flag_that_fixes_it():
     with pytest.raises(ConfigError, match="FSDP version 2 only: launch with --fsdp_version 2"):
         _check_accelerator(fsdp(1), TrainConfig())
     _check_accelerator(fsdp(2), TrainConfig())
+
+
+def gloo_threads() -> list:
+    tasks = Path("/proc/self/task")
+    return [t for t in tasks.iterdir() if (t / "comm").read_text().strip().startswith("pt_gloo")]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_end_process_group_joins_the_gloo_threads(tmp_path):
+    # `vislm train` calls it last: a group still alive at exit can abort the process.
+    import torch.distributed as dist
+
+    from vislm.train.trainer import end_process_group
+
+    end_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    dist.barrier()
+    assert dist.is_initialized() and gloo_threads()
+    end_process_group()
+    assert not dist.is_initialized() and not gloo_threads()

@@ -22,9 +22,11 @@ def _data_shapes(args) -> None:
 def _train(args) -> None:
     from vislm.config import load_config
     from vislm.tasks.run import train
+    from vislm.train.trainer import end_process_group
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, args.out, resume=args.resume)
+    end_process_group()
     print(json.dumps(result["metrics"], indent=2))
 
 

@@ -656,6 +656,18 @@ def process_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def end_process_group() -> None:
+    """Leave the launch's process group, if any, once this process is done with it.
+
+    Python does not tear down a process group that is still alive at exit in any set order:
+    a gloo worker thread that drops its last collective while the interpreter shuts down
+    aborts the process ("terminate called without an active exception", pytorch#190489),
+    after everything was written. Destroying the group first joins those threads.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """An Accelerator for `cfg`: CPU when no CUDA device, bf16 autocast when asked."""
     kwargs = dict(
