@@ -70,6 +70,8 @@ parts = {}
 result = train(load_config(sys.argv[2], sys.argv[4:]), out, resume=resume, task_out=parts)
 torch.save({"weights": parts["model"].state_dict(), "shards": shards, "metrics": result["metrics"]},
            out / f"rank{rank}.pt")
+del parts  # the sharded model holds the process group; `vislm train` ends the same way
+trainer.end_process_group()
 """
 
 # One transformer block per FSDP unit, and the rest with the root, as a real launch would.

@@ -36,6 +36,7 @@ import torch, torch.distributed as dist
 import vislm.models.fusion.dual_encoder as dual_encoder
 from vislm.config import load_config
 from vislm.tasks.run import train
+from vislm.train.trainer import end_process_group
 
 out = Path(sys.argv[1])
 first = []
@@ -57,6 +58,8 @@ vocab = json.dumps(sorted(task.tokenizer.backend.get_vocab().items()))
 (out / f"rank{rank}.json").write_text(json.dumps({
     "world": dist.get_world_size(), "metrics": result["metrics"], "images": len(image_emb),
     "texts": len(text_emb), "vocab": hashlib.sha1(vocab.encode()).hexdigest()}))
+del parts, task, model  # the model holds the process group; `vislm train` ends the same way
+end_process_group()
 """
 
 TINY = [
