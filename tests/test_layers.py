@@ -75,13 +75,15 @@ def _fused_qkv(B=3, T=6, H=4, D=16, seed=1, dtype=torch.float32):
     return qkv, views
 
 
+@pytest.mark.parametrize("length", [6, 20])  # 20: a bf16 softmax row taken through float32
 @pytest.mark.parametrize("case", ["padding", "causal", "fully masked row"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_math_attention_function_equals_the_plain_path(monkeypatch, case, precision):
+def test_math_attention_function_equals_the_plain_path(monkeypatch, case, precision, length):
     from vislm.models.layers import _MathAttention
 
-    mask = {"padding": _padding(3, 6, [6, 4, 1]), "causal": None,
-            "fully masked row": torch.zeros(3, 1, 6, 6, dtype=torch.bool)}[case]
+    T = length
+    mask = {"padding": _padding(3, T, [T, 4, 1]), "causal": None,
+            "fully masked row": torch.zeros(3, 1, T, T, dtype=torch.bool)}[case]
     mask = None if mask is None else mask.clone()
     if case == "fully masked row":
         mask[0] = True
@@ -90,7 +92,7 @@ def test_math_attention_function_equals_the_plain_path(monkeypatch, case, precis
     results = []
     for function in (True, False):
         monkeypatch.setattr(_MathAttention, "applies", staticmethod(lambda *a, f=function: f))
-        qkv, (q, k, v) = _fused_qkv(dtype=dtype)
+        qkv, (q, k, v) = _fused_qkv(T=T, dtype=dtype)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = attend(q, k, v, mask, causal=case == "causal", impl="math")
         grad_out = torch.linspace(-1, 1, out.numel()).view_as(out).to(out.dtype)
@@ -101,6 +103,26 @@ def test_math_attention_function_equals_the_plain_path(monkeypatch, case, precis
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, plain_out, **tol)
     torch.testing.assert_close(grad, plain_grad, **tol)
+
+
+@pytest.mark.parametrize("length", [8, 16, 20, 31, 32, 65])
+def test_bf16_softmax_and_its_backward_agree_with_float32(length):
+    # Rows of 16-31 go through float32, the others through the bf16 kernel: both must be
+    # the float32 softmax and its gradient, up to the final bf16 rounding.
+    from vislm.models.layers import _softmax, _softmax_backward
+
+    g = torch.Generator().manual_seed(length)
+    scores = (4 * torch.randn(64, 7, length, generator=g)).bfloat16()
+    grad_probs = torch.randn(64, 7, length, generator=g).bfloat16()
+    exact = scores.float().requires_grad_()
+    exact_probs = exact.softmax(-1)
+    (exact_grad,) = torch.autograd.grad(exact_probs, exact, grad_probs.float())
+    probs = _softmax(scores)
+    assert probs.dtype == torch.bfloat16
+    torch.testing.assert_close(probs.float(), exact_probs.detach(), atol=4e-3, rtol=8e-3)
+    grad = _softmax_backward(grad_probs, probs)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.float(), exact_grad, atol=2e-2, rtol=2e-2)
 
 
 def test_math_attention_function_only_while_training(monkeypatch):

@@ -32,7 +32,10 @@ Each item changes speed, not results; each has a test of equivalence with the pl
   vislm/models/layers.py): q, k and v, strided views of the fused projection, are each
   copied once (q already scaled), the batched products read transposed operands in place,
   and the backward is written out, where autograd's matmuls copied each operand again
-  (tests/test_layers.py: equal to the plain path, fully masked rows included).
+  (tests/test_layers.py: equal to the plain path, fully masked rows included). Its softmax
+  over 16-31 keys (a short text) runs in float32, forward and backward: PyTorch's bf16 CPU
+  kernel handles such rows on its scalar path, 2-5x slower (tests/test_layers.py: the
+  float32 softmax and gradient up to bf16 rounding).
 - **Fused LM head + cross-entropy** (vislm/objectives/lm_head_loss.py): the captioner's loss
   is computed from the hidden states: one GEMM writes all logits in the compute dtype into
   a buffer the process keeps (so no step pays page faults for it), and blocks of 64
