@@ -65,7 +65,8 @@ def _through_float32(scores: torch.Tensor) -> bool:
     2 AVX-512 cores for (256, 20, 20): 0.198 ms forward against 0.082 ms through float32, and
     0.205 against 0.042 ms for the backward; other lengths keep the bf16 kernels. Either
     way the sums are float32, so results agree to the final bf16 rounding."""
-    return scores.dtype == torch.bfloat16 and scores.device.type == "cpu" and 16 <= scores.size(-1) < 32
+    return (scores.dtype == torch.bfloat16 and scores.device.type == "cpu"
+            and 16 <= scores.size(-1) < 32)
 
 
 def _softmax(scores: torch.Tensor) -> torch.Tensor:
