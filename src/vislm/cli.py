@@ -25,8 +25,10 @@ def _train(args) -> None:
     from vislm.train.trainer import end_process_group
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, args.out, resume=args.resume)
-    end_process_group()
+    try:
+        result = train(cfg, args.out, resume=args.resume)
+    finally:
+        end_process_group()
     print(json.dumps(result["metrics"], indent=2))
 
 

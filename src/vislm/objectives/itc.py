@@ -46,6 +46,14 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _gather_no_grad(t: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on each rank -> (R * B, ...) in rank order, without autograd."""
+    t = t.contiguous()
+    out = t.new_empty((dist.get_world_size() * t.size(0),) + t.shape[1:])
+    dist.all_gather_into_tensor(out, t)
+    return out
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums every rank's gradient for each shard at its owner.
 
@@ -58,10 +66,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        t = t.contiguous()
-        out = t.new_empty((dist.get_world_size() * t.size(0),) + t.shape[1:])
-        dist.all_gather_into_tensor(out, t)
-        return out
+        return _gather_no_grad(t)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -84,12 +89,6 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     if not _distributed():
         return t
     return _GatherWithGrad.apply(t)
-
-
-def _gather_no_grad(t: torch.Tensor) -> torch.Tensor:
-    shards = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(shards, t.contiguous())
-    return torch.cat(shards, dim=0)
 
 
 def distributed_itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale,
