@@ -106,6 +106,10 @@ class TrainConfig:
     # kernels (it pays on GPUs and long runs; on a small CPU see BENCHMARKS.md's
     # torch.compile section); "aot_eager" and "eager" only capture graphs, for debugging.
     compile: Literal["off", "inductor", "aot_eager", "eager"] = "off"
+    # "keep": glibc keeps freed memory for the next step instead of returning it to the
+    # kernel (no page faults on each step's large tensors; vislm/train/allocator.py);
+    # "system": the C library's defaults.
+    allocator: Literal["keep", "system"] = "keep"
 
 
 @dataclass

@@ -5,11 +5,11 @@ threshold (which adapts up to 32 MB) and the top of its heap beyond its trim thr
 The next allocation of that size then starts on fresh pages, which the kernel zero-fills
 on first touch. A training step allocates and frees the same large tensors every step,
 so it pays those page faults every step (the train section reports them as fresh MB per
-step). glibc's environment tunables MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_
-keep that memory in the process; they must be set before the process starts, so this
-section reruns the training pairs in a subprocess with both set, for vislm and the peer
-alike: the ratio still compares the models, and each side's gain over the default
-allocator shows what the setting is worth. Skipped where the C library is not glibc.
+step). vislm's trainer raises both thresholds (`vislm.train.allocator.keep_freed_memory`,
+`train.allocator: keep`); the setting is process-wide, so this section reruns the training
+pairs in a subprocess that applies it first, for vislm and the peer alike: the ratio still
+compares the models, and each side's gain over the default allocator shows what the
+setting is worth. Skipped where the C library is not glibc.
 
     python -m vislm.bench.allocator '{"sizes": {...}, "rounds": 5, "warmup": 2, ...}'
 """
@@ -17,8 +17,6 @@ allocator shows what the setting is worth. Skipped where the C library is not gl
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 from dataclasses import asdict
@@ -26,8 +24,6 @@ from typing import Dict
 
 from vislm.bench.models import PAIRS, Sizes
 
-# Keep blocks up to 1 GiB on the heap, and up to 4 GiB of free heap before trimming.
-TUNABLES = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -35,6 +31,10 @@ def _child(spec: dict) -> dict:
     import torch
 
     from vislm.bench import train
+    from vislm.train.allocator import keep_freed_memory, reason_not_applied
+
+    if keep_freed_memory() is None:
+        raise RuntimeError(f"the allocator setting was not applied: {reason_not_applied()}")
 
     torch.set_num_threads(spec["threads"])
     sizes = Sizes(**spec["sizes"])
@@ -45,14 +45,16 @@ def _child(spec: dict) -> dict:
 
 def run(sizes: Sizes, rounds: int, warmup: int, peaks: Dict[str, float], threads: int,
         log=print) -> dict:
-    if platform.libc_ver()[0] != "glibc":
-        log("allocator: skipped (the C library is not glibc)")
-        return {"skipped": "the C library is not glibc"}
+    from vislm.train.allocator import reason_not_applied
+
+    reason = reason_not_applied()
+    if reason is not None:
+        log(f"allocator: skipped ({reason})")
+        return {"skipped": reason}
     spec = {"sizes": asdict(sizes), "rounds": rounds, "warmup": warmup, "peaks": peaks,
             "threads": threads}
     done = subprocess.run([sys.executable, "-m", "vislm.bench.allocator", json.dumps(spec)],
-                          env={**os.environ, **TUNABLES}, capture_output=True, text=True,
-                          timeout=3600)
+                          capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         error = (done.stderr.strip().splitlines() or ["failed"])[-1]
         log(f"allocator: failed: {error}")
@@ -62,7 +64,7 @@ def run(sizes: Sizes, rounds: int, warmup: int, peaks: Dict[str, float], threads
         log(f"allocator {key}: vislm {r['vislm_samples_per_s']:.1f}/s, peer "
             f"{r['peer_samples_per_s']:.1f}/s, ratio {r['ratio']:.2f}, fresh MB/step "
             f"{r['vislm_fresh_mb_per_step']:.0f} / {r['peer_fresh_mb_per_step']:.0f}")
-    return {"tunables": TUNABLES, "pairs": pairs}
+    return {"setting": "vislm.train.allocator.keep_freed_memory()", "pairs": pairs}
 
 
 if __name__ == "__main__":

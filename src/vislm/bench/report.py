@@ -180,12 +180,13 @@ def _allocator(results: dict) -> list:
     lines = ["## Training with glibc keeping freed memory", ""]
     if "pairs" not in a:
         return lines + [f"Not measured: {a.get('skipped') or a.get('error')}.", ""]
-    settings = " ".join(f"{name}={value}" for name, value in a["tunables"].items())
-    lines += [f"The training pairs again, in a subprocess started with `{settings}`: glibc then "
-              "keeps freed blocks instead of returning them to the kernel, so a step stops "
-              "paying page faults for its large temporaries. Both libraries run under the same "
-              "setting, so the ratio still compares the models; gain = samples/s over the "
-              "default-allocator run above.", ""]
+    lines += ["The training pairs again, in a subprocess that first applies what vislm's trainer "
+              "does (`train.allocator: keep`, vislm/train/allocator.py: glibc's mmap and trim "
+              "thresholds raised with mallopt): glibc then keeps freed blocks instead of "
+              "returning them to the kernel, so a step stops paying page faults for its large "
+              "temporaries. The setting is process-wide, so both libraries run under it and the "
+              "ratio still compares the models; gain = samples/s over the default-allocator "
+              "run above.", ""]
     default = results.get("train", {})
     rows = []
     for key, r in a["pairs"].items():

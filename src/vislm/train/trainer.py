@@ -64,6 +64,7 @@ from vislm.config import TrainConfig
 from vislm.data.bad_data import SKIPPED_KEY, BadData
 from vislm.data.bucketing import bucketed_batches
 from vislm.errors import ConfigError, DataError
+from vislm.train.allocator import keep_freed_memory
 from vislm.train.checkpoint import (
     CHECKPOINTS,
     latest_checkpoint,
@@ -168,6 +169,8 @@ class Trainer:
         `out_dir` are removed, since a later resume must not mix two runs.
         """
         cfg = self.cfg
+        if cfg.allocator == "keep":
+            keep_freed_memory()
         if self._owns_accelerator and not _accelerator_fits(self.accelerator, cfg):
             # Accelerate's settings are shared by every Accelerator of the process, so another
             # Trainer created since ours (say a bf16 one) changed them: build ours again.
