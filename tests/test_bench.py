@@ -36,6 +36,23 @@ def test_quick_bench_writes_the_json_keys_and_the_markdown(tmp_path, capsys):
     if "pairs" in results["allocator"]:
         assert set(results["allocator"]["pairs"]) == set(results["train"]) - {"frozen_vision"}
         assert "## Training with glibc keeping freed memory" in report
+        assert results["train_ratio_kept_memory_dual_bf16"] == results["allocator"]["pairs"]["dual_bf16"]["ratio"]
+        assert "reached, freed memory kept (both sides)" in report
+
+
+def test_the_goals_table_gives_each_training_ratio_with_freed_memory_kept():
+    from vislm.bench.report import _goals
+
+    results = {"goals": [
+        {"key": "train_ratio_dual_bf16", "goal": "dual bf16", "target": 2.0, "value": 1.9, "met": False},
+        {"key": "retrieval_eval_seconds", "goal": "retrieval", "target": 5.0, "value": 0.9, "met": True}],
+        "allocator": {"pairs": {"dual_bf16": {"ratio": 2.05}}}}
+    lines = _goals(results)
+    assert "| dual bf16 | >= 2.0 | 1.90 | **no** | 2.05 |" in lines
+    assert "| retrieval | < 5.0 | 0.90 | yes |  |" in lines
+    # Without the allocator section the column stays empty and unexplained.
+    del results["allocator"]
+    assert not any("freed memory in the process" in line for line in _goals(results))
 
 
 def test_only_runs_the_named_sections(tmp_path):
