@@ -129,3 +129,16 @@ def test_interleaved_rounds_rotate_and_ratio_quartiles_match_their_definition():
     # ratios (statistics.quantiles' default method), 1.5 and 4.5.
     assert ratio_quartiles([1.0] * 5, [1.0, 2.0, 3.0, 4.0, 5.0]) == (1.5, 4.5)
     assert ratio_quartiles([2.0], [3.0]) == (1.5, 1.5)
+
+
+def test_rewrite_report_writes_the_same_numbers_again(tmp_path, capsys):
+    results = run_bench(tmp_path, quick=True, only=["retrieval"], log=lambda _: None)
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text("stale\n")
+    assert main(["bench", "--out", str(tmp_path), "--rewrite-report"]) == 0
+    text = report.read_text()
+    assert f"{results['retrieval_eval_seconds']:.2f} s" in text and "stale" not in text
+    assert "rewrote" in capsys.readouterr().out
+    # Nothing to rewrite from: a clear error naming the file.
+    assert main(["bench", "--out", str(tmp_path / "none"), "--rewrite-report"]) == 2
+    assert "bench.json: file not found" in capsys.readouterr().err
