@@ -93,3 +93,19 @@ def test_the_trainer_applies_it_unless_told_not_to(monkeypatch, tmp_path):
         cfg = TrainConfig(epochs=1, batch_size=2, progress=False, allocator=allocator)
         trainer_module.Trainer(Tiny(), data, collate, cfg, tmp_path / allocator).fit()
         assert len(calls) == expected
+
+
+@glibc
+def test_the_state_names_the_setting():
+    child = ("import json\nfrom vislm.train.allocator import keep_freed_memory, state\n"
+             "before = state()\nkeep_freed_memory()\nprint(json.dumps([before, state()]))")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          env=environment, timeout=120, check=True)
+    before, after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert before == "the C library's defaults"
+    assert after == "freed memory kept (vislm.train.allocator)"
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          env={**environment, "MALLOC_TRIM_THRESHOLD_": "1000000"}, timeout=120, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [
+        "as the user set it: MALLOC_TRIM_THRESHOLD_ set in the environment"] * 2

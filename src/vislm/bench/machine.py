@@ -42,6 +42,8 @@ def _cpu_flags() -> list:
 def describe() -> dict:
     import transformers
 
+    from vislm.train.allocator import state as allocator_state
+
     cpu = _lscpu()
     return {
         "cpu": cpu.get("Model name") or platform.processor() or "unknown",
@@ -54,6 +56,8 @@ def describe() -> dict:
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # The train table compares both libraries under this allocator setting.
+        "allocator": allocator_state(),
     }
 
 

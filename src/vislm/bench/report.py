@@ -130,6 +130,8 @@ def _machine(results: dict) -> list:
         f"- Date: {m['date']}; command: `{results['command']}`; "
         f"total time {_f(results['total_seconds'], 0)} s",
     ]
+    if m.get("allocator"):
+        lines.insert(3, f"- Memory allocator of the benchmark process: {m['allocator']}")
     if busy and m["torch_threads"] < m["cores"]:
         lines.append(f"- Run with {m['torch_threads']} torch thread(s) of {m['cores']} cores: while "
                      f"other jobs hold a core, multi-threaded kernels stall at every "

@@ -66,6 +66,16 @@ def keep_freed_memory() -> Optional[dict]:
     return _applied
 
 
+def state() -> str:
+    """How this process's allocator is set, in words (for reports)."""
+    if _applied is not None:
+        return "freed memory kept (vislm.train.allocator)"
+    reason = reason_not_applied()
+    if reason is None:
+        return "the C library's defaults"
+    return "not glibc" if reason.startswith("the C library") else f"as the user set it: {reason}"
+
+
 def reason_not_applied() -> Optional[str]:
     """Why `keep_freed_memory` would leave the allocator alone here, or None."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
