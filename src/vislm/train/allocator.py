@@ -51,17 +51,17 @@ def keep_freed_memory() -> Optional[dict]:
         return _applied
     reason = reason_not_applied()
     if reason is not None:
-        log.debug("allocator: left as it is (%s)", reason)
+        log.debug("left as it is (%s)", reason)
         return None
     libc = ctypes.CDLL(None)  # the C library this process already runs on
     mmap = _set(libc, M_MMAP_THRESHOLD, MMAP_THRESHOLD) or _set(libc, M_MMAP_THRESHOLD, MMAP_THRESHOLD_CAP)
     trim = _set(libc, M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     if mmap is None or trim is None:
-        log.warning("allocator: glibc refused mallopt (mmap threshold %s, trim threshold %s)",
+        log.warning("glibc refused mallopt (mmap threshold %s, trim threshold %s)",
                     mmap, trim)
         return None
     _applied = {"mmap_threshold": mmap, "trim_threshold": trim}
-    log.info("allocator: keeping freed memory (mmap threshold %d MiB, trim threshold %d MiB)",
+    log.info("keeping freed memory (mmap threshold %d MiB, trim threshold %d MiB)",
              mmap >> 20, trim >> 20)
     return _applied
 
