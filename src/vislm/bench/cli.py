@@ -31,14 +31,14 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _rewrite(args: argparse.Namespace) -> None:
-    from vislm.bench.runner import rewrite_report
+    from vislm.bench.runner import write_results
 
     earlier = Path(args.out) / "bench.json"
-    run = json.loads(earlier.read_text(encoding="utf-8")) if earlier.is_file() else {}
+    results = json.loads(earlier.read_text(encoding="utf-8"))
     # Where the run that wrote bench.json put its report: BENCHMARKS.md for a full run.
-    full = not run.get("quick", True) and set(run.get("sections_run", [])) >= set(SECTION_NAMES)
+    full = not results.get("quick", True) and set(results.get("sections_run", [])) >= set(SECTION_NAMES)
     markdown = args.markdown or ("BENCHMARKS.md" if full else None)
-    rewrite_report(args.out, markdown)
+    write_results(results, Path(args.out), markdown)
     print(f"rewrote {markdown or args.out + '/BENCHMARKS.md'} from {earlier}")
 
 

@@ -89,22 +89,13 @@ def run_bench(out_dir: str | Path, quick: bool = False, only: Optional[Sequence[
 
 
 def write_results(results: dict, out_dir: Path, markdown: Optional[str] = None) -> dict:
-    """Add the headline keys and goals to `results`, write out_dir/bench.json and the report."""
+    """Add the headline keys and goals to `results`, write out_dir/bench.json and the report
+    (`vislm bench --rewrite-report` calls it again on an earlier run's bench.json)."""
     results.update(headline(results))
     results["goals"] = goals(results)
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     write_markdown(results, Path(markdown) if markdown else out_dir / "BENCHMARKS.md")
     return results
-
-
-def rewrite_report(out_dir: str | Path, markdown: Optional[str] = None) -> dict:
-    """Write the report again from an earlier run's out_dir/bench.json (the same numbers,
-    the current report text), without measuring anything."""
-    out_dir = Path(out_dir)
-    path = out_dir / "bench.json"
-    if not path.is_file():
-        raise FileNotFoundError(2, "no bench.json of an earlier run", str(path))
-    return write_results(json.loads(path.read_text(encoding="utf-8")), out_dir, markdown)
 
 
 def _run_section(name: str, plan: Plan, results: dict, log) -> dict:
