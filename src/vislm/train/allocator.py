@@ -38,6 +38,7 @@ MMAP_THRESHOLD_CAP = 32 << 20
 TRIM_THRESHOLD = 1 << 30
 
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+NOT_GLIBC = "the C library is not glibc"
 
 _applied: Optional[dict] = None
 
@@ -73,13 +74,13 @@ def state() -> str:
     reason = reason_not_applied()
     if reason is None:
         return "the C library's defaults"
-    return "not glibc" if reason.startswith("the C library") else f"as the user set it: {reason}"
+    return "not glibc" if reason == NOT_GLIBC else f"as the user set it: {reason}"
 
 
 def reason_not_applied() -> Optional[str]:
     """Why `keep_freed_memory` would leave the allocator alone here, or None."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return "the C library is not glibc"
+        return NOT_GLIBC
     chosen = [name for name in _USER_SETTINGS if name in os.environ]
     if chosen:
         return f"{', '.join(chosen)} set in the environment"
