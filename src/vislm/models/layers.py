@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vislm.kernels import layer_norm as fused_norm
 from vislm.models import onednn_linear
 from vislm.models.kv_cache import StaticKV
 from vislm.models.positions import apply_rotary
@@ -363,14 +364,15 @@ class Block(nn.Module):
         such as FSDP, see it.)"""
         if at is not None:
             return self._rows_only(x, at, mask, rope, context, context_mask), None
-        h, kv = self.attn(self.ln_attn(x), mask, causal, rope, None if past is None else past[:2])
-        x = x + h
+        h, kv = self.attn(_norm(self.ln_attn, x), mask, causal, rope,
+                          None if past is None else past[:2])
         cross_kv = (None, None)
         if self.cross is not None:
-            h, cross_kv = self.cross(self.ln_cross(x), context, context_mask,
+            x, normed = _add_norm(x, h, self.ln_cross)
+            h, cross_kv = self.cross(normed, context, context_mask,
                                      None if past is None else past[2:])
-            x = x + h
-        x = x + self.mlp(self.ln_mlp(x))
+        x, normed = _add_norm(x, h, self.ln_mlp)
+        x = x + self.mlp(normed)
         return x, (kv + cross_kv if use_cache else None)
 
     def _rows_only(self, x, positions, mask=None, rope=None, context=None, context_mask=None):
@@ -378,11 +380,30 @@ class Block(nn.Module):
         rows only: for a last block of which only a pooled token is read (CLS, end of
         text), it skips the queries, attention, projections and MLP of every other row.
         `mask` from `mask_at` (per-query, causal included)."""
-        h, _ = self.attn(self.ln_attn(x), mask, False, rope, at=positions)
-        x = rows_at(x, positions) + h
+        h, _ = self.attn(_norm(self.ln_attn, x), mask, False, rope, at=positions)
+        x = rows_at(x, positions)
         if self.cross is not None:
-            x = x + self.cross(self.ln_cross(x), context, context_mask)[0]
-        return x + self.mlp(self.ln_mlp(x))
+            x, normed = _add_norm(x, h, self.ln_cross)
+            h = self.cross(normed, context, context_mask)[0]
+        x, normed = _add_norm(x, h, self.ln_mlp)
+        return x + self.mlp(normed)
+
+
+def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """norm(x); in bf16 autocast training, LayerNorm and the next matmul's cast to bf16
+    in one pass (vislm/kernels/layer_norm.py)."""
+    if fused_norm.applies(x, norm):
+        return fused_norm.add_layer_norm(x, None, norm)[1]
+    return norm(x)
+
+
+def _add_norm(x: torch.Tensor, h: torch.Tensor, norm: nn.Module):
+    """(x + h, norm(x + h)): a branch added to the residual stream and the sum
+    normalised for the next branch; in bf16 autocast training, one pass."""
+    if fused_norm.applies(x, norm, h):
+        return fused_norm.add_layer_norm(x, h, norm)
+    x = x + h
+    return x, norm(x)
 
 
 # -----------------------------------------------------------------------------
