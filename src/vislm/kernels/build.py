@@ -75,6 +75,10 @@ def load(name: str) -> Optional[ctypes.CDLL]:
         log.info("no C compiler found: vislm's fused %s kernels are off", name)
         return None
     source = Path(__file__).with_name(f"{name}.c")
+    if not source.is_file():
+        log.warning("%s is missing from the installed package: vislm's fused %s kernels are off",
+                    source, name)
+        return None
     openmp = torch_openmp_library()
     errors = []
     for flags in (["-march=native"], []):  # some compilers do not know -march=native
