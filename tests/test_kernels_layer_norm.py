@@ -201,3 +201,28 @@ def test_a_failing_compiler_leaves_the_pytorch_path(monkeypatch, tmp_path, caplo
         assert not list((tmp_path / "kernels").glob("*"))
     finally:
         build.load.cache_clear()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_deferred_branches_give_the_same_stream(precision):
+    """Blocks passing their last branch on (defer) compute what blocks adding it do."""
+    torch.manual_seed(0)
+    blocks = nn.ModuleList(L.Block(32, 4, attn_impl="math") for _ in range(3))
+    x = torch.randn(2, 7, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        plain = x
+        for block in blocks:
+            plain, _ = block(plain)
+        deferred = x
+        for block in blocks:
+            deferred, _ = block(deferred, defer=True)
+        assert isinstance(deferred, L.Residual)
+        last_row = blocks[-1](blocks[1](blocks[0](x, defer=True)[0], defer=True)[0],
+                              at=torch.tensor([0, 6]))[0]
+    deferred = L.settle(deferred)
+    if precision == "fp32":  # the same operations in the same order
+        assert torch.equal(deferred, plain)
+        assert torch.equal(last_row[:, 0], plain[[0, 1], [0, 6]])
+    else:
+        torch.testing.assert_close(deferred, plain, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(last_row[:, 0], plain[[0, 1], [0, 6]], rtol=2e-2, atol=2e-2)

@@ -10,7 +10,7 @@ Masks are boolean and broadcastable to (B, H, T, S): True means "may attend".
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -337,6 +337,21 @@ class MLP(nn.Module):
         return dropout(self.drop, self.proj(F.gelu(self.fc(x))))
 
 
+class Residual(NamedTuple):
+    """A residual stream whose last branch output is not added yet: `stream + branch`.
+
+    Passed from one block to the next (Block's `defer`), so that the next block adds the
+    branch in the same pass as its first LayerNorm (vislm/kernels/layer_norm.py)."""
+
+    stream: torch.Tensor
+    branch: torch.Tensor
+
+
+def settle(x: Union[torch.Tensor, Residual]) -> torch.Tensor:
+    """The residual stream as one tensor (`stream + branch` for a Residual)."""
+    return x.stream + x.branch if isinstance(x, Residual) else x
+
+
 class Block(nn.Module):
     """Pre-norm Transformer block: self-attention, optional cross-attention, MLP.
 
@@ -357,30 +372,35 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(mlp_ratio * dim), dropout)
 
     def forward(self, x, mask=None, causal=False, rope=None, context=None, context_mask=None,
-                past=None, use_cache=False, at: Optional[torch.Tensor] = None):
+                past=None, use_cache=False, at: Optional[torch.Tensor] = None,
+                defer: bool = False):
         """Returns (x, cache or None). With `at` (B,) positions and `mask` from `mask_at`:
         (the output at those positions (B, 1, C), None), see `_rows_only`. (A keyword of
         forward rather than a method of its own, so wrappers that hook a module's call,
-        such as FSDP, see it.)"""
+        such as FSDP, see it.)
+
+        x may be a `Residual` (a previous block's output with `defer`); with `defer` the
+        output is one too, its MLP branch left for the next block (or `settle`) to add."""
         if at is not None:
             return self._rows_only(x, at, mask, rope, context, context_mask), None
-        h, kv = self.attn(_norm(self.ln_attn, x), mask, causal, rope,
-                          None if past is None else past[:2])
+        x, normed = _enter(x, self.ln_attn)
+        h, kv = self.attn(normed, mask, causal, rope, None if past is None else past[:2])
         cross_kv = (None, None)
         if self.cross is not None:
             x, normed = _add_norm(x, h, self.ln_cross)
             h, cross_kv = self.cross(normed, context, context_mask,
                                      None if past is None else past[2:])
         x, normed = _add_norm(x, h, self.ln_mlp)
-        x = x + self.mlp(normed)
-        return x, (kv + cross_kv if use_cache else None)
+        h = self.mlp(normed)
+        return (Residual(x, h) if defer else x + h), (kv + cross_kv if use_cache else None)
 
     def _rows_only(self, x, positions, mask=None, rope=None, context=None, context_mask=None):
         """`forward(x, ...)[0]` at one position per row, (B, 1, C), computed for those
         rows only: for a last block of which only a pooled token is read (CLS, end of
         text), it skips the queries, attention, projections and MLP of every other row.
         `mask` from `mask_at` (per-query, causal included)."""
-        h, _ = self.attn(_norm(self.ln_attn, x), mask, False, rope, at=positions)
+        x, normed = _enter(x, self.ln_attn)
+        h, _ = self.attn(normed, mask, False, rope, at=positions)
         x = rows_at(x, positions)
         if self.cross is not None:
             x, normed = _add_norm(x, h, self.ln_cross)
@@ -389,12 +409,15 @@ class Block(nn.Module):
         return x + self.mlp(normed)
 
 
-def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """norm(x); in bf16 autocast training, LayerNorm and the next matmul's cast to bf16
+def _enter(x: Union[torch.Tensor, Residual], norm: nn.Module):
+    """(the residual stream, norm of it) at a block's start, adding a deferred branch;
+    in bf16 autocast training, LayerNorm (and the add) and the next matmul's cast to bf16
     in one pass (vislm/kernels/layer_norm.py)."""
+    if isinstance(x, Residual):
+        return _add_norm(x.stream, x.branch, norm)
     if fused_norm.applies(x, norm):
-        return fused_norm.add_layer_norm(x, None, norm)[1]
-    return norm(x)
+        return fused_norm.add_layer_norm(x, None, norm)
+    return x, norm(x)
 
 
 def _add_norm(x: torch.Tensor, h: torch.Tensor, norm: nn.Module):

@@ -19,7 +19,7 @@ import torch.nn as nn
 from vislm.models.argmax_head import ExactArgmaxHead
 from vislm.models.kv_cache import cache_length
 from vislm.models.layers import (Block, dropout, few_row_linear, init_transformer_weights,
-                                 mask_at, self_attention_mask)
+                                 mask_at, self_attention_mask, settle)
 from vislm.models.positions import is_additive, make_positions
 from vislm.registry import TEXT_MODELS
 
@@ -78,12 +78,12 @@ class TextTransformer(nn.Module):
         caches = []
         for i, block in enumerate(blocks):
             x, cache = block(x, mask, causal, rope, image_tokens, image_mask,
-                             None if past is None else past[i], use_cache)
+                             None if past is None else past[i], use_cache, defer=True)
             caches.append(cache)
         if at is not None:
             query_mask = mask_at(attention_mask, at, T, self.causal)
             x, _ = self.blocks[-1](x, query_mask, False, rope, image_tokens, image_mask, at=at)
-        return self.ln_f(x), (tuple(caches) if use_cache else None)
+        return self.ln_f(settle(x)), (tuple(caches) if use_cache else None)
 
     def encode(self, input_ids, attention_mask=None, image_tokens=None, image_mask=None):
         return self._hidden(input_ids, attention_mask, image_tokens, image_mask)[0]

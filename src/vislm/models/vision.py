@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vislm.models import onednn_linear
-from vislm.models.layers import Block, dropout, init_transformer_weights
+from vislm.models.layers import Block, dropout, init_transformer_weights, settle
 from vislm.registry import VISION_ENCODERS
 
 
@@ -132,8 +132,8 @@ class ViTEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self._tokens(pixel_values)
         for block in self.blocks:
-            x, _ = block(x)
-        return self.ln_f(x)
+            x, _ = block(x, defer=True)
+        return self.ln_f(settle(x))
 
     def cls_embedding(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`forward(pixel_values)[:, 0]`, the CLS token's output (B, dim), with the last
@@ -145,8 +145,8 @@ class ViTEncoder(nn.Module):
         if not self.blocks:
             return self.ln_f(x[:, 0])
         for block in self.blocks[:-1]:
-            x, _ = block(x)
-        first = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
+            x, _ = block(x, defer=True)
+        first = torch.zeros(pixel_values.size(0), dtype=torch.long, device=pixel_values.device)
         x, _ = self.blocks[-1](x, at=first)
         return self.ln_f(x)[:, 0]
 
