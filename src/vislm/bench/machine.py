@@ -42,6 +42,7 @@ def _cpu_flags() -> list:
 def describe() -> dict:
     import transformers
 
+    from vislm.kernels.build import state as kernels_state
     from vislm.train.allocator import state as allocator_state
 
     cpu = _lscpu()
@@ -58,6 +59,8 @@ def describe() -> dict:
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         # The train table compares both libraries under this allocator setting.
         "allocator": allocator_state(),
+        # vislm's fused LayerNorm and GELU kernels (bf16 training), or why they are off.
+        "kernels": kernels_state(),
     }
 
 

@@ -141,3 +141,18 @@ def _compiler_version(cc: str) -> str:
         return subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     except OSError:
         return ""
+
+
+def state(names=("layer_norm", "gelu")) -> str:
+    """Whether vislm's C kernels are in use in this process, in words (for reports)."""
+    if not enabled():
+        return f"off ({ENV}=off)"
+    cc = compiler()
+    if cc is None:
+        return "off (no C compiler)"
+    built = [name for name in names if load(name) is not None]
+    if not built:
+        return f"off (building with {cc} failed)"
+    openmp = torch_openmp_library()
+    threads = f"OpenMP through PyTorch's {openmp.name}" if openmp else "one thread"
+    return f"{', '.join(built)} built with {cc} -march=native, {threads}"

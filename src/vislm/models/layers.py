@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vislm.kernels import gelu as fused_gelu
 from vislm.kernels import layer_norm as fused_norm
 from vislm.models import onednn_linear
 from vislm.models.kv_cache import StaticKV
@@ -334,6 +335,8 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
+        if fused_gelu.applies(x, self.fc, self.proj):  # bf16 autocast training
+            return dropout(self.drop, fused_gelu.mlp(x, self.fc, self.proj))
         return dropout(self.drop, self.proj(F.gelu(self.fc(x))))
 
 
