@@ -92,3 +92,20 @@ def test_applies_only_to_bf16_autocast_training_with_plain_linears():
         assert not fused.applies(x, mlp.fc, nn.Identity())
     with torch.autocast("cpu", dtype=torch.float16):
         assert not fused.applies(x, mlp.fc, mlp.proj)
+
+
+def test_flop_counter_counts_the_fused_mlp_as_the_plain_one(monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mlp = L.MLP(32, 128)
+    x = torch.randn(4, 9, 32, requires_grad=True)
+
+    def count(use_kernel):
+        monkeypatch.setattr(fused, "applies", lambda *a: use_kernel)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.autocast("cpu", dtype=torch.bfloat16):
+            mlp(x).float().sum().backward()
+        return counter.get_total_flops()
+
+    # forward and two gradients of each matmul
+    assert count(True) == count(False) == 3 * 2 * (36 * 32 * 128) * 2

@@ -226,3 +226,11 @@ def test_deferred_branches_give_the_same_stream(precision):
     else:
         torch.testing.assert_close(deferred, plain, rtol=2e-2, atol=2e-2)
         torch.testing.assert_close(last_row[:, 0], plain[[0, 1], [0, 6]], rtol=2e-2, atol=2e-2)
+
+
+def test_state_says_whether_the_kernels_run(monkeypatch):
+    monkeypatch.setenv(build.ENV, "off")
+    assert build.state() == "off (VISLM_NATIVE_KERNELS=off)"
+    monkeypatch.setenv(build.ENV, "auto")
+    if fused.available():
+        assert build.state().startswith("layer_norm, gelu built with ")

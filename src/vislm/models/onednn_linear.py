@@ -215,7 +215,8 @@ class _AutocastLinear(torch.autograd.Function):
 
 def _register_flop_formula() -> None:
     """Teach torch.utils.flop_counter the kernel's FLOPs (2 x rows x K x N), so that MFU
-    counts the matmuls that run through it."""
+    counts the matmuls that run through it (every overload: vislm/kernels/gelu.py uses
+    `binary`)."""
     kernel = _kernel()
     try:
         from torch.utils.flop_counter import flop_registry, register_flop_formula
@@ -225,11 +226,13 @@ def _register_flop_formula() -> None:
         return
 
     @register_flop_formula(kernel)
-    def _flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-        rows = 1
-        for size in x_shape[:-1]:
-            rows *= size
-        return 2 * rows * x_shape[-1] * weight_shape[0]
+    def _flops(x_shape, *args, out_shape=None, **kwargs) -> int:
+        # From the output's shape, which every overload has in the same place: the
+        # `binary` one (a post-op with a second tensor) takes that tensor before the weight.
+        outputs = 1
+        for size in out_shape:
+            outputs *= size
+        return 2 * outputs * x_shape[-1]
 
 
 _register_flop_formula()
