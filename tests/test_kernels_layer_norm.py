@@ -233,4 +233,4 @@ def test_state_says_whether_the_kernels_run(monkeypatch):
     assert build.state() == "off (VISLM_NATIVE_KERNELS=off)"
     monkeypatch.setenv(build.ENV, "auto")
     if fused.available():
-        assert build.state().startswith("layer_norm, gelu built with ")
+        assert build.state().startswith("layer_norm, gelu, cross_entropy built with ")

@@ -59,7 +59,7 @@ def describe() -> dict:
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         # The train table compares both libraries under this allocator setting.
         "allocator": allocator_state(),
-        # vislm's fused LayerNorm and GELU kernels (bf16 training), or why they are off.
+        # vislm's C kernels (bf16 training), or why they are off.
         "kernels": kernels_state(),
     }
 

@@ -82,13 +82,14 @@ Each item changes speed, not results; each has a test of equivalence with the pl
   raises glibc's mmap and trim thresholds, so a step reuses the memory of the last one
   instead of taking fresh, zero-filled pages from the kernel (tests/test_allocator.py). It
   is process-wide, so the benchmark measures it for both sides (the allocator section).
-- **Fused LayerNorm and GELU** (vislm/kernels, C built on first use with the machine's
+- **Fused LayerNorm, GELU and cross-entropy** (vislm/kernels, C built on first use with the machine's
   compiler; `VISLM_NATIVE_KERNELS=off` turns them off): in bf16 autocast training a block
   adds each branch to the residual stream, normalises the sum and casts it to bf16 in one
   pass, forward and backward, the MLP branch's add joining the next block's first
-  LayerNorm; and the MLP computes GELU and its derivative in one pass, the backward's
-  product with it running inside the input-gradient matmul. Same arithmetic up to rounding
-  (tests/test_kernels_layer_norm.py, tests/test_kernels_gelu.py: within one bf16 step).
+  LayerNorm; the MLP computes GELU and its derivative in one pass, the backward's
+  product with it running inside the input-gradient matmul; and the captioner's loss
+  turns each row of bf16 logits into its gradient in one call. Same arithmetic up to
+  rounding (tests/test_kernels_*.py: within one bf16 step).
 - **Data pipeline**: images are decoded once into the in-memory ImageCache by the tasks;
   the data table shows what decoding every epoch would cost instead.
 """

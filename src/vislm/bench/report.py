@@ -133,7 +133,7 @@ def _machine(results: dict) -> list:
     if m.get("allocator"):
         lines.insert(3, f"- Memory allocator of the benchmark process: {m['allocator']}")
     if m.get("kernels"):
-        lines.insert(4, f"- vislm's C kernels (fused LayerNorm and GELU, bf16 training): {m['kernels']}")
+        lines.insert(4, f"- vislm's C kernels (bf16 training): {m['kernels']}")
     if busy and m["torch_threads"] < m["cores"]:
         lines.append(f"- Run with {m['torch_threads']} torch thread(s) of {m['cores']} cores: while "
                      f"other jobs hold a core, multi-threaded kernels stall at every "

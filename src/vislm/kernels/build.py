@@ -103,8 +103,9 @@ def _cached_build(cc: str, source: Path, arch_flags: List[str], openmp: Optional
     link_flags = ([f"-L{openmp.parent}", f"-l:{openmp.name}", f"-Wl,-rpath,{openmp.parent}"]
                   if openmp else [])
     key = hashlib.sha256()
-    for part in (source.read_bytes(), _compiler_version(cc).encode(), " ".join(compile_flags + link_flags).encode(),
-                 platform.machine().encode()):
+    headers = [header.read_bytes() for header in sorted(source.parent.glob("*.h"))]
+    for part in (source.read_bytes(), *headers, _compiler_version(cc).encode(),
+                 " ".join(compile_flags + link_flags).encode(), platform.machine().encode()):
         key.update(part)
     directory = cache_dir()
     target = directory / f"{source.stem}-{key.hexdigest()[:16]}.so"
@@ -143,7 +144,7 @@ def _compiler_version(cc: str) -> str:
         return ""
 
 
-def state(names=("layer_norm", "gelu")) -> str:
+def state(names=("layer_norm", "gelu", "cross_entropy")) -> str:
     """Whether vislm's C kernels are in use in this process, in words (for reports)."""
     if not enabled():
         return f"off ({ENV}=off)"

@@ -12,6 +12,9 @@ while the block is still in cache; no float32 (B, T, V) tensor ever exists.
 Two rows never reach the LM head at all: the last position (it has no next token) and
 positions whose target is padding. Both are computed and then discarded by the plain path.
 
+Under bf16 autocast on the CPU, the softmax pass runs as one C kernel per row
+(vislm/kernels/cross_entropy.py) where a compiler built it.
+
 The result equals the plain path up to float rounding (tests/test_lm_head_loss.py: 1e-5
 in float32, bf16 rounding under autocast): the same matmuls in the same dtype, the same float32
 softmax, and the logits' gradient cast back to the compute dtype as autocast's
@@ -26,6 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from vislm.kernels import cross_entropy as fused_cross_entropy
 from vislm.models import onednn_linear
 from vislm.objectives.lm import lm_loss
 
@@ -92,16 +96,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits = onednn_linear.matmul_nt(x, w)
             else:
                 logits = torch.mm(x, w.t(), out=_logits_buffer(n, w.size(0), dtype, x.device))
-            total = torch.zeros((), dtype=loss_dtype, device=rows.device)
-            for start in range(0, n, chunk_rows):
-                block = logits[start:start + chunk_rows]
-                target = targets[start:start + chunk_rows, None]
-                probs = torch.softmax(block, dim=-1, dtype=loss_dtype)
-                total -= _target_log_probs(block, probs, target, loss_dtype).sum()
-                if need_grad:
-                    minus_one = torch.full(target.shape, -1.0, dtype=loss_dtype, device=x.device)
-                    # Scaled by the mean's 1/n before the cast, as autocast's backward does.
-                    torch.mul(probs.scatter_add_(1, target, minus_one), 1.0 / n, out=block)
+            if loss_dtype == torch.float32 and fused_cross_entropy.applies(logits):
+                # bf16 on the CPU: the same, a row at a time in one C pass per row.
+                total = fused_cross_entropy.cross_entropy_(logits, targets, 1.0 / n,
+                                                           need_grad).sum()
+            else:
+                total = _blockwise(logits, targets, chunk_rows, loss_dtype, need_grad)
             grad_rows = grad_weight = None
             if ctx.needs_input_grad[0]:
                 grad_rows = onednn_linear.matmul_nt(logits, w.t()).to(rows.dtype)
@@ -121,6 +121,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if grad_weight is not None:
             grad_weight = grad_weight * grad_loss.to(grad_weight.dtype)
         return grad_rows, grad_weight, None, None
+
+
+def _blockwise(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int,
+               loss_dtype: torch.dtype, need_grad: bool) -> torch.Tensor:
+    """Summed cross-entropy of `logits` (n, V) against `targets`, block by block of rows:
+    a float32 softmax reads each block, and the logits' gradient (softmax - one_hot) / n
+    overwrites it in place (where `need_grad`), cast to the logits' dtype as autocast's
+    backward casts it."""
+    n = targets.numel()
+    total = torch.zeros((), dtype=loss_dtype, device=logits.device)
+    for start in range(0, n, chunk_rows):
+        block = logits[start:start + chunk_rows]
+        target = targets[start:start + chunk_rows, None]
+        probs = torch.softmax(block, dim=-1, dtype=loss_dtype)
+        total -= _target_log_probs(block, probs, target, loss_dtype).sum()
+        if need_grad:
+            minus_one = torch.full(target.shape, -1.0, dtype=loss_dtype, device=logits.device)
+            # Scaled by the mean's 1/n before the cast, as autocast's backward does.
+            torch.mul(probs.scatter_add_(1, target, minus_one), 1.0 / n, out=block)
+    return total
 
 
 # One logits buffer per thread, reused by every call on the CPU. glibc hands out blocks
