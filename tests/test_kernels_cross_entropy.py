@@ -85,3 +85,8 @@ def test_the_lm_loss_trains_the_same_with_and_without_the_kernel(monkeypatch):
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], want[1], rtol=1e-2, atol=1e-4)
     torch.testing.assert_close(got[2], want[2], rtol=1e-2, atol=1e-4)
+
+
+def test_not_under_torch_compile(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not fused.applies(torch.zeros(3, 8, dtype=torch.bfloat16))

@@ -34,8 +34,11 @@ def _library():
 
 
 def applies(logits: torch.Tensor) -> bool:
+    """Contiguous 2-D bf16 logits on the CPU, outside torch.compile (which cannot trace
+    a foreign call; Inductor fuses PyTorch's path itself)."""
     return (logits.device.type == "cpu" and logits.dtype == torch.bfloat16
-            and logits.dim() == 2 and logits.is_contiguous() and _library() is not None)
+            and logits.dim() == 2 and logits.is_contiguous()
+            and not torch.compiler.is_compiling() and _library() is not None)
 
 
 def cross_entropy_(logits: torch.Tensor, targets: torch.Tensor, scale: float,
