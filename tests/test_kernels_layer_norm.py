@@ -234,3 +234,17 @@ def test_state_says_whether_the_kernels_run(monkeypatch):
     monkeypatch.setenv(build.ENV, "auto")
     if fused.available():
         assert build.state().startswith("layer_norm, gelu, cross_entropy built with ")
+
+
+@pytest.mark.skipif(build.compiler() is None, reason="no C compiler")
+def test_without_the_openmp_runtime_it_builds_for_one_thread(monkeypatch, tmp_path):
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(build, "torch_openmp_library", lambda: tmp_path / "libgomp-absent.so.1")
+    build.load.cache_clear()
+    try:
+        assert build.load("layer_norm") is not None  # the link against it fails, then this
+        assert build._built_with["layer_norm"][1] is None
+        assert build.state(("layer_norm",)).endswith(", one thread")
+    finally:
+        build.load.cache_clear()
+        build._built_with.clear()

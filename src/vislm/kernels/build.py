@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -64,6 +64,10 @@ def torch_openmp_library() -> Optional[Path]:
     return Path(found[0]) if found else None
 
 
+# name -> (architecture flags, OpenMP runtime or None) of each library loaded.
+_built_with: Dict[str, Tuple[List[str], Optional[Path]]] = {}
+
+
 @functools.lru_cache(maxsize=None)
 def load(name: str) -> Optional[ctypes.CDLL]:
     """The compiled kernel library `name` (from name.c here), or None where it cannot be
@@ -81,11 +85,18 @@ def load(name: str) -> Optional[ctypes.CDLL]:
         return None
     openmp = torch_openmp_library()
     errors = []
-    for flags in (["-march=native"], []):  # some compilers do not know -march=native
-        path = _cached_build(cc, source, flags, openmp, errors)
+    # Some compilers do not know -march=native; some lack OpenMP (the kernels then run on
+    # one thread).
+    attempts = [(["-march=native"], openmp), ([], openmp)]
+    if openmp is not None:
+        attempts.append((["-march=native"], None))
+    for flags, runtime in attempts:
+        path = _cached_build(cc, source, flags, runtime, errors)
         if path is not None:
             try:
-                return ctypes.CDLL(str(path))
+                library = ctypes.CDLL(str(path))
+                _built_with[name] = (flags, runtime)
+                return library
             except OSError as error:
                 log.warning("could not load %s (%s): vislm's fused %s kernels are off",
                             path, error, name)
@@ -154,6 +165,6 @@ def state(names=("layer_norm", "gelu", "cross_entropy")) -> str:
     built = [name for name in names if load(name) is not None]
     if not built:
         return f"off (building with {cc} failed)"
-    openmp = torch_openmp_library()
+    flags, openmp = _built_with.get(built[0], ([], None))
     threads = f"OpenMP through PyTorch's {openmp.name}" if openmp else "one thread"
-    return f"{', '.join(built)} built with {cc} -march=native, {threads}"
+    return f"{', '.join(built)} built with {' '.join([cc, *flags])}, {threads}"
