@@ -141,7 +141,7 @@ def _cached_build(cc: str, source: Path, arch_flags: List[str], openmp: Optional
         for command in steps:
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
-                os.unlink(partial)
+                Path(partial).unlink(missing_ok=True)  # a failed link may remove it itself
                 errors.append(f"{' '.join(command)}: {done.stderr.strip()[-500:]}")
                 return None
     os.replace(partial, target)
