@@ -5,33 +5,15 @@
  * for the next matmul: three passes over the largest activations, and three more in the
  * backward. Here each is one pass. Plain C: the compiler vectorises the row loops for the
  * machine it builds on; rows are split over threads with OpenMP (the runtime PyTorch
- * uses, so the two share one thread pool).
+ * uses, so the two share one thread pool). Scalar bf16 helpers: vector_math.h.
  */
 #include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-/* Below this many elements a call runs on one thread (thread start-up would dominate). */
-#define PARALLEL_MIN 65536
-
-static inline float bf16_to_float(uint16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/* Round to nearest even, as PyTorch rounds float32 to bf16; NaN stays a quiet NaN. */
-static inline uint16_t float_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
-}
+#include "vector_math.h"
 
 /* sum = x + h (h bf16; with h NULL the sum is x itself and sum_out is not written);
  * y = LayerNorm(sum) * weight + bias as bf16 (weight and bias NULL: no affine);
@@ -49,7 +31,7 @@ void vislm_add_layer_norm_bf16(const float *x, const uint16_t *h, const float *w
             float *sr = sum_out + r * C;
             #pragma omp simd reduction(+:total)
             for (int64_t c = 0; c < C; c++) {
-                float s = xr[c] + bf16_to_float(hr[c]);
+                float s = xr[c] + load_bf16_one(hr[c]);
                 sr[c] = s;
                 total += s;
             }
@@ -69,10 +51,10 @@ void vislm_add_layer_norm_bf16(const float *x, const uint16_t *h, const float *w
         if (weight) {
             #pragma omp simd
             for (int64_t c = 0; c < C; c++)
-                yr[c] = float_to_bf16((v[c] - mu) * rs * weight[c] + (bias ? bias[c] : 0.0f));
+                yr[c] = store_bf16_one((v[c] - mu) * rs * weight[c] + (bias ? bias[c] : 0.0f));
         } else {
             #pragma omp simd
-            for (int64_t c = 0; c < C; c++) yr[c] = float_to_bf16((v[c] - mu) * rs);
+            for (int64_t c = 0; c < C; c++) yr[c] = store_bf16_one((v[c] - mu) * rs);
         }
         mean[r] = mu;
         rstd[r] = rs;
@@ -115,7 +97,7 @@ int vislm_layer_norm_bf16_backward(const uint16_t *grad_y, const float *grad_sum
             float mu = mean[r], rs = rstd[r], sum_g = 0.0f, sum_gn = 0.0f;
             #pragma omp simd reduction(+:sum_g, sum_gn)
             for (int64_t c = 0; c < C; c++) {
-                float g = bf16_to_float(gr[c]), n = (xr[c] - mu) * rs;
+                float g = load_bf16_one(gr[c]), n = (xr[c] - mu) * rs;
                 float gw = weight ? g * weight[c] : g;
                 sum_g += gw;
                 sum_gn += gw * n;
@@ -123,7 +105,7 @@ int vislm_layer_norm_bf16_backward(const uint16_t *grad_y, const float *grad_sum
             if (pw) {
                 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) {
-                    float g = bf16_to_float(gr[c]);
+                    float g = load_bf16_one(gr[c]);
                     pw[c] += g * (xr[c] - mu) * rs;
                     pb[c] += g;
                 }
@@ -134,11 +116,11 @@ int vislm_layer_norm_bf16_backward(const uint16_t *grad_y, const float *grad_sum
             const float *gsr = grad_sum ? grad_sum + r * C : NULL;
             #pragma omp simd
             for (int64_t c = 0; c < C; c++) {
-                float g = bf16_to_float(gr[c]), n = (xr[c] - mu) * rs;
+                float g = load_bf16_one(gr[c]), n = (xr[c] - mu) * rs;
                 float gw = weight ? g * weight[c] : g;
                 float out = rs * (gw - sum_g - n * sum_gn) + (gsr ? gsr[c] : 0.0f);
                 gxr[c] = out;
-                if (grad_h) grad_h[r * C + c] = float_to_bf16(out);
+                if (grad_h) grad_h[r * C + c] = store_bf16_one(out);
             }
         }
     }
