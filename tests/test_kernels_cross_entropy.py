@@ -4,7 +4,6 @@ block-wise path in vislm/objectives/lm_head_loss.py."""
 import pytest
 import torch
 
-import vislm.models  # noqa: F401  (imports lm_head_loss in its package order)
 from vislm.kernels import cross_entropy as fused
 from vislm.objectives import lm_head_loss
 

@@ -89,3 +89,15 @@ def test_captioner_loss_is_the_plain_loss():
                            model.image_tokens(batch["pixel_values"]))
     expected = lm_loss(logits, batch["input_ids"], batch["attention_mask"])
     assert model(batch)["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_importable_first_in_a_fresh_process():
+    """lm_head_loss imports vislm.models, whose captioner imports lm_head_loss back."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from vislm.objectives import lm_head_loss; "
+                           "print(lm_head_loss.lm_loss_from_hidden.__name__)"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "lm_loss_from_hidden"

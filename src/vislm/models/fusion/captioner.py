@@ -13,8 +13,10 @@ from vislm.errors import ConfigError
 from vislm.generation import decode, plan_decoding
 from vislm.models.fusion.common import build_towers, projection
 from vislm.models.kv_cache import StaticKV, reorder_static, static_cache
+# The module, not its function: lm_head_loss imports vislm.models, which imports this file
+# (a process may import either first).
+from vislm.objectives import lm_head_loss
 from vislm.objectives.lm import lm_loss
-from vislm.objectives.lm_head_loss import lm_loss_from_hidden
 from vislm.registry import FUSIONS, TEXT_MODELS, VISION_ENCODERS
 
 
@@ -37,7 +39,8 @@ class Captioner(nn.Module):
         head = getattr(self.text, "lm_head", None)
         if isinstance(head, nn.Linear) and head.bias is None:
             # The same loss without the (B, T, V) logits: see objectives/lm_head_loss.py.
-            loss = lm_loss_from_hidden(self.text.encode(ids, mask, tokens), head.weight, ids, mask)
+            loss = lm_head_loss.lm_loss_from_hidden(self.text.encode(ids, mask, tokens), head.weight,
+                                                    ids, mask)
         else:
             logits, _ = self.text(ids, mask, tokens)
             loss = lm_loss(logits, ids, mask)
