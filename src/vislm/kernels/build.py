@@ -106,6 +106,17 @@ def load(name: str) -> Optional[ctypes.CDLL]:
     return None
 
 
+def bind(name: str, signatures: Dict[str, Tuple[list, object]]) -> Optional[ctypes.CDLL]:
+    """`load(name)` with its functions' argument and result types declared:
+    {function name: (argtypes, restype)}."""
+    library = load(name)
+    if library is not None:
+        for function, (argtypes, restype) in signatures.items():
+            getattr(library, function).argtypes = argtypes
+            getattr(library, function).restype = restype
+    return library
+
+
 def _cached_build(cc: str, source: Path, arch_flags: List[str], openmp: Optional[Path],
                   errors: List[str]) -> Optional[Path]:
     compile_flags = BASE_FLAGS + arch_flags + (["-fopenmp"] if openmp else [])

@@ -24,13 +24,8 @@ _P = ctypes.c_void_p
 
 @functools.lru_cache(maxsize=None)
 def _library():
-    lib = build.load("cross_entropy")
-    if lib is None:
-        return None
-    lib.vislm_cross_entropy_bf16.argtypes = [_P, _P, _P, ctypes.c_int64, ctypes.c_int64,
-                                             ctypes.c_float, ctypes.c_int]
-    lib.vislm_cross_entropy_bf16.restype = ctypes.c_int
-    return lib
+    arguments = [_P, _P, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
+    return build.bind("cross_entropy", {"vislm_cross_entropy_bf16": (arguments, ctypes.c_int)})
 
 
 def applies(logits: torch.Tensor) -> bool:

@@ -30,12 +30,7 @@ _P = ctypes.c_void_p
 
 @functools.lru_cache(maxsize=None)
 def _library():
-    lib = build.load("gelu")
-    if lib is None:
-        return None
-    lib.vislm_gelu_and_derivative_bf16.argtypes = [_P, _P, _P, ctypes.c_int64]
-    lib.vislm_gelu_and_derivative_bf16.restype = None
-    return lib
+    return build.bind("gelu", {"vislm_gelu_and_derivative_bf16": ([_P, _P, _P, ctypes.c_int64], None)})
 
 
 def available() -> bool:

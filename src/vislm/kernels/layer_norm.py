@@ -31,14 +31,11 @@ _P = ctypes.c_void_p
 
 @functools.lru_cache(maxsize=None)
 def _library():
-    lib = build.load("layer_norm")
-    if lib is None:
-        return None
-    lib.vislm_add_layer_norm_bf16.argtypes = [_P] * 8 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_float]
-    lib.vislm_add_layer_norm_bf16.restype = None
-    lib.vislm_layer_norm_bf16_backward.argtypes = [_P] * 10 + [ctypes.c_int64, ctypes.c_int64]
-    lib.vislm_layer_norm_bf16_backward.restype = ctypes.c_int
-    return lib
+    sizes = [ctypes.c_int64, ctypes.c_int64]
+    return build.bind("layer_norm", {
+        "vislm_add_layer_norm_bf16": ([_P] * 8 + sizes + [ctypes.c_float], None),
+        "vislm_layer_norm_bf16_backward": ([_P] * 10 + sizes, ctypes.c_int),
+    })
 
 
 def available() -> bool:
