@@ -159,6 +159,7 @@ def _cached_build(cc: str, source: Path, arch_flags: List[str], openmp: Optional
     return target
 
 
+@functools.lru_cache(maxsize=None)  # asked for every kernel a process loads
 def _compiler_version(cc: str) -> str:
     try:
         return subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
